@@ -1,0 +1,186 @@
+"""`reload-sidecar run | once | validate DIR | webhook | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import structlog
+
+from .settings import Settings, SettingsError
+
+__all__ = ["configure_logging", "main"]
+
+log = structlog.get_logger("cli")
+
+
+def configure_logging(fmt: str = "json", level: str = "info") -> None:
+    """structlog to stderr: JSON lines in production, a console renderer for humans."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="reload-sidecar",
+        description="Validate, promote atomically, stagger, signal and verify config reloads. "
+        "Configured with RELOAD_* environment variables (see README).",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="the sidecar: watch RELOAD_SOURCE_DIR and keep RELOAD_TARGET_DIR on a good version")
+    sub.add_parser("once", help="validate + promote once and exit (initContainer); exit 1 if refused")
+    v = sub.add_parser("validate", help="run the configured validators on DIR; exit 1 listing the problems")
+    v.add_argument("dir", type=Path)
+    d = sub.add_parser("demo", help="a self-contained demo: volume, sidecar and a tiny app, in a temp dir")
+    d.add_argument("--port", type=int, default=9533, help="the sidecar's HTTP port (default 9533)")
+    d.add_argument("--no-wait", action="store_true", help="exit after the scripted steps instead of waiting")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args.port, wait=not args.no_wait)
+    try:
+        settings = Settings.from_env(env, require_dirs=args.command in ("run", "once"))
+    except SettingsError as e:
+        print(f"reload-sidecar: {e}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    if args.command == "validate":
+        return asyncio.run(_validate(settings, args.dir))
+    if args.command == "once":
+        return asyncio.run(_once(settings))
+    return asyncio.run(run(settings))
+
+
+async def _validate(settings: Settings, directory: Path) -> int:
+    from .snapshot import SourceError, read_snapshot
+    from .validate import Checks, validate
+
+    try:
+        snap = read_snapshot(
+            directory,
+            include=settings.include,
+            exclude=settings.exclude,
+            max_file_bytes=settings.max_file_bytes,
+            max_total_bytes=settings.max_total_bytes,
+        )
+    except SourceError as e:
+        print(f"{directory}: {e}")
+        return 1
+    verdict = await validate(snap, Checks(settings.validators, settings.validate_command, settings.validate_timeout_s))
+    if verdict.ok:
+        print(f"{directory}: ok ({len(snap.files)} files, version {snap.version})")
+        return 0
+    print(f"{directory}: {len(verdict.problems)} problem(s), version {snap.version}:")
+    for problem in verdict.problems:
+        print(f"  - {problem}")
+    return 1
+
+
+async def _once(settings: Settings) -> int:
+    from . import promote
+    from .snapshot import SourceError, read_snapshot
+    from .validate import Checks, validate
+
+    target = settings.target_dir
+    promote.clean_leftovers(target)
+    try:
+        snap = read_snapshot(
+            settings.source_dir,
+            include=settings.include,
+            exclude=settings.exclude,
+            max_file_bytes=settings.max_file_bytes,
+            max_total_bytes=settings.max_total_bytes,
+        )
+    except SourceError as e:
+        log.error("source_unreadable", error=str(e))
+        return 1
+    verdict = await validate(
+        snap, Checks(settings.validators, settings.validate_command, settings.validate_timeout_s, target)
+    )
+    if not verdict.ok:
+        log.error("refused", version=snap.version, problems=list(verdict.problems))
+        return 1
+    wrote = promote.promote(snap, target)
+    log.info("promoted", version=snap.version, files=len(snap.files), new_dir=wrote)
+    return 0
+
+
+async def run(settings: Settings) -> int:
+    """The sidecar until SIGTERM/SIGINT: server up, reload loop, then an orderly shutdown."""
+    import aiohttp
+
+    from .metrics import Metrics
+    from .reloader import Reloader
+    from .server import Api, make_app, start_server
+    from .signal import make_trigger
+    from .stagger import make_gate
+    from .state import State
+    from .verify import HealthCheck
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    state, metrics = State(pod=settings.pod_name or os.uname().nodename), Metrics()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16, use_dns_cache=False))
+    try:
+        reloader = Reloader(
+            settings,
+            state,
+            metrics,
+            make_trigger(settings, session),
+            make_gate(settings),
+            session,
+            HealthCheck.from_settings(settings),
+        )
+        runner, port = await start_server(make_app(Api(state, metrics, lambda: reloader.alive)), *settings.listen)
+        log.info(
+            "listening",
+            host=settings.listen[0],
+            port=port,
+            source=str(settings.source_dir),
+            target=str(settings.target_dir),
+            trigger=reloader.trigger.method,
+        )
+        try:
+            await reloader.run(stop)
+        finally:
+            state.ready = False
+            log.info("stopping")
+            try:
+                await asyncio.wait_for(runner.cleanup(), 5)
+            except TimeoutError:
+                log.warning("server_cleanup_timeout")
+    finally:
+        await session.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The sidecar's Prometheus metrics, on a private registry (names are part of the contract: DESIGN.md)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+__all__ = ["Metrics"]
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.reloads = Counter(
+            "reload_sidecar_reloads", "App reloads by result (success, failed, rolled_back).", ["result"], registry=r
+        )
+        self.validation_failures = Counter(
+            "reload_sidecar_validation_failures",
+            "Versions refused by validation (parse, schema, checker, snapshot).",
+            registry=r,
+        )
+        self.rollbacks = Counter("reload_sidecar_rollbacks", "Rollbacks to the last good version.", registry=r)
+        self.held = Counter("reload_sidecar_held", "Versions held because a peer reported them failed.", registry=r)
+        self.promotions = Counter("reload_sidecar_promotions", "Versions made live in the target dir.", registry=r)
+        self.last_success = Gauge(
+            "reload_sidecar_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful reload.",
+            registry=r,
+        )
+        self.last_successful = Gauge(
+            "reload_sidecar_last_reload_successful", "1 if the last reload attempt succeeded, else 0.", registry=r
+        )
+        self.version = Gauge(
+            "reload_sidecar_current_version_info", "The live version (content hash).", ["hash"], registry=r
+        )
+        self.duration = Histogram(
+            "reload_sidecar_reload_duration_seconds",
+            "Change seen -> app reloaded and verified.",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.ready = Gauge("reload_sidecar_ready", "1 when a verified version is live.", registry=r)
+        for result in ("success", "failed", "rolled_back"):
+            self.reloads.labels(result)
+
+    def set_version(self, version: str | None) -> None:
+        self.version.clear()
+        if version:
+            self.version.labels(version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,358 @@
+"""Environment -> one frozen `Settings`; every bad variable is reported at once."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal as _signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+__all__ = ["ENV_VARS", "Expect", "Settings", "SettingsError", "Stagger", "ValidatorSpec"]
+
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+StaggerMode = Literal["none", "random", "ordinal", "waves"]
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """One or more `RELOAD_*` variables are missing or invalid; `problems` lists each as `NAME='raw': why`."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorSpec:
+    """One word of `RELOAD_VALIDATE`: `auto`, `yaml`, `json`, `schema` (with its path) or `none`."""
+
+    kind: Literal["auto", "yaml", "json", "schema", "none"]
+    schema_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """Accepted HTTP statuses: explicit codes plus whole classes (`2` for `2xx`)."""
+
+    codes: frozenset[int] = frozenset()
+    classes: frozenset[int] = frozenset({2})
+
+    def accepts(self, status: int) -> bool:
+        return status in self.codes or status // 100 in self.classes
+
+    def __str__(self) -> str:
+        return ",".join([f"{c}xx" for c in sorted(self.classes)] + [str(c) for c in sorted(self.codes)])
+
+
+@dataclass(frozen=True, slots=True)
+class Stagger:
+    """`RELOAD_STAGGER` parsed: mode plus its number (max delay for random, step for ordinal)."""
+
+    mode: StaggerMode = "none"
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # The ConfigMap/Secret volume (read-only); kubelet `..data` layout or a plain directory.
+    source_dir: Path
+    # The emptyDir the app reads; the sidecar owns everything in it.
+    target_dir: Path
+    # File-name globs (relative paths, fnmatch) to take and to leave out.
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    # Quiet time after the last change before acting on a burst.
+    debounce_ms: int = 200
+    # Full rescan period in case an inotify event was missed; 0 = off.
+    resync_s: float = 60.0
+    # Inputs over these sizes are refused, never partially read.
+    max_file_bytes: int = 1_048_576
+    max_total_bytes: int = 4_194_304
+    # Built-in validators, in order.
+    validators: tuple[ValidatorSpec, ...] = (ValidatorSpec("auto"),)
+    # The app's own checker as argv (`{dir}` = candidate dir); empty = none.
+    validate_command: tuple[str, ...] = ()
+    validate_timeout_s: float = 10.0
+    # HTTP reload trigger; empty url = no HTTP reload.
+    reload_url: str = ""
+    reload_method: str = "POST"
+    reload_expect: Expect = field(default_factory=Expect)
+    reload_timeout_s: float = 5.0
+    reload_retries: int = 3
+    # Unix signal trigger, sent to the process found by pidfile or by command name.
+    signal: _signal.Signals | None = None
+    process: str = ""
+    pidfile: Path | None = None
+    # Verification after a reload (used by the verify stage).
+    health_url: str = ""
+    health_successes: int = 3
+    health_interval_s: float = 1.0
+    health_timeout_s: float = 30.0
+    health_metric_url: str = ""
+    health_metric: str = ""
+    # Staggering across the pods of a workload.
+    stagger: Stagger = field(default_factory=Stagger)
+    pod_name: str = ""
+    pod_ip: str = ""
+    peers: tuple[str, ...] = ()
+    bake_s: float = 30.0
+    # The sidecar's own HTTP server (host, port).
+    listen: tuple[str, int] = ("0.0.0.0", 9533)  # noqa: S104 - a pod-wide probe/metrics port by design
+    # Old versions kept in the target dir besides the current one.
+    history: int = 5
+    log_format: LogFormat = "json"
+    log_level: LogLevel = "info"
+    # `webhook` command.
+    webhook_listen: tuple[str, int] = ("0.0.0.0", 8443)  # noqa: S104 - the API server must reach it
+    webhook_cert: Path | None = None
+    webhook_key: Path | None = None
+    webhook_profiles: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, require_dirs: bool = True) -> Settings:
+        """Parse every `RELOAD_*` variable; raise one `SettingsError` listing all the bad ones."""
+        p = _Parser(environ)
+        kw: dict[str, object] = {}
+        for name, key, parse in _FIELDS:
+            value = p.get(name, parse)
+            if value is not None:
+                kw[key] = value
+        for name, key in (("RELOAD_SOURCE_DIR", "source_dir"), ("RELOAD_TARGET_DIR", "target_dir")):
+            if key not in kw:
+                if require_dirs:
+                    p.problems.append(f"{name} is required (a directory path)")
+                kw[key] = Path()
+        _cross_checks(p, kw)
+        if p.problems:
+            raise SettingsError(p.problems)
+        return cls(**kw)  # type: ignore[arg-type]
+
+
+class _Parser:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def get(self, name: str, parse: Callable[[str], T]) -> T | None:
+        raw = self.environ.get(name)
+        if raw is None or raw.strip() == "":
+            return None
+        try:
+            return parse(raw.strip())
+        except ValueError as e:
+            self.problems.append(f"{name}={raw!r}: {e}")
+            return None
+
+
+def _number(kind: type[int] | type[float], lo: float, hi: float | None = None) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise ValueError(f"expected a value in [{lo:g}, {'inf' if hi is None else f'{hi:g}'}]")
+        return value
+
+    return parse
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    return _number(int, lo, hi)  # type: ignore[return-value]
+
+
+def _float(lo: float, hi: float | None = None) -> Callable[[str], float]:
+    return _number(float, lo, hi)
+
+
+def _globs(raw: str) -> tuple[str, ...]:
+    return tuple(g.strip() for g in raw.split(",") if g.strip())
+
+
+def _path(raw: str) -> Path:
+    return Path(raw)
+
+
+def _url(raw: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw
+
+
+def _validators(raw: str) -> tuple[ValidatorSpec, ...]:
+    specs: list[ValidatorSpec] = []
+    for word in (w.strip() for w in raw.split(",")):
+        if word in ("auto", "yaml", "json", "none"):
+            specs.append(ValidatorSpec(word))  # type: ignore[arg-type]
+        elif word.startswith("schema:") and word[7:]:
+            path = Path(word[7:])
+            if not path.is_file():
+                raise ValueError(f"schema file {path} does not exist")
+            specs.append(ValidatorSpec("schema", path))
+        else:
+            raise ValueError(f"unknown validator {word!r}; expected auto, yaml, json, schema:<path> or none")
+    if any(s.kind == "none" for s in specs) and len(specs) > 1:
+        raise ValueError("'none' cannot be combined with other validators")
+    return tuple(s for s in specs if s.kind != "none")
+
+
+def _command(raw: str) -> tuple[str, ...]:
+    try:
+        argv = tuple(shlex.split(raw))
+    except ValueError as e:
+        raise ValueError(f"cannot split into arguments: {e}") from None
+    return argv
+
+
+def _method(raw: str) -> str:
+    if raw.upper() not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
+        raise ValueError("expected an HTTP method such as POST or GET")
+    return raw.upper()
+
+
+def _expect(raw: str) -> Expect:
+    codes: set[int] = set()
+    classes: set[int] = set()
+    for word in (w.strip().lower() for w in raw.split(",") if w.strip()):
+        if re.fullmatch(r"[1-5]xx", word):
+            classes.add(int(word[0]))
+        elif re.fullmatch(r"[1-5]\d\d", word):
+            codes.add(int(word))
+        else:
+            raise ValueError(f"{word!r} is not a status; expected e.g. 2xx or 200,204")
+    return Expect(frozenset(codes), frozenset(classes))
+
+
+def _signal_name(raw: str) -> _signal.Signals:
+    name = raw.upper() if raw.upper().startswith("SIG") else "SIG" + raw.upper()
+    try:
+        return _signal.Signals[name]
+    except KeyError:
+        raise ValueError("expected a signal name such as SIGHUP or SIGUSR1") from None
+
+
+def _stagger(raw: str) -> Stagger:
+    mode, _, arg = raw.partition(":")
+    if mode in ("none", "waves") and not arg:
+        return Stagger(mode)  # type: ignore[arg-type]
+    if mode in ("random", "ordinal"):
+        try:
+            seconds = float(arg)
+        except ValueError:
+            raise ValueError(f"expected {mode}:<seconds>, e.g. {mode}:30") from None
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        return Stagger(mode, seconds)  # type: ignore[arg-type]
+    raise ValueError("expected none, random:<max_s>, ordinal:<step_s> or waves")
+
+
+def _host_port(raw: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected host:port, e.g. 0.0.0.0:9533")
+    return (host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104 - ':9533' means all interfaces
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return raw.lower()
+
+    return parse
+
+
+def _peers(raw: str) -> tuple[str, ...]:
+    peers = _globs(raw)
+    for peer in peers:
+        _host_port(peer)
+    return peers
+
+
+_FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
+    ("RELOAD_SOURCE_DIR", "source_dir", _path),
+    ("RELOAD_TARGET_DIR", "target_dir", _path),
+    ("RELOAD_INCLUDE", "include", _globs),
+    ("RELOAD_EXCLUDE", "exclude", _globs),
+    ("RELOAD_DEBOUNCE_MS", "debounce_ms", _int(0, 600_000)),
+    ("RELOAD_RESYNC_S", "resync_s", _float(0)),
+    ("RELOAD_MAX_FILE_BYTES", "max_file_bytes", _int(1)),
+    ("RELOAD_MAX_TOTAL_BYTES", "max_total_bytes", _int(1)),
+    ("RELOAD_VALIDATE", "validators", _validators),
+    ("RELOAD_VALIDATE_COMMAND", "validate_command", _command),
+    ("RELOAD_VALIDATE_TIMEOUT_S", "validate_timeout_s", _float(0.1)),
+    ("RELOAD_RELOAD_URL", "reload_url", _url),
+    ("RELOAD_RELOAD_METHOD", "reload_method", _method),
+    ("RELOAD_RELOAD_EXPECT", "reload_expect", _expect),
+    ("RELOAD_RELOAD_TIMEOUT_S", "reload_timeout_s", _float(0.01)),
+    ("RELOAD_RELOAD_RETRIES", "reload_retries", _int(0, 100)),
+    ("RELOAD_SIGNAL", "signal", _signal_name),
+    ("RELOAD_PROCESS", "process", str),
+    ("RELOAD_PIDFILE", "pidfile", _path),
+    ("RELOAD_HEALTH_URL", "health_url", _url),
+    ("RELOAD_HEALTH_SUCCESSES", "health_successes", _int(1, 1000)),
+    ("RELOAD_HEALTH_INTERVAL_S", "health_interval_s", _float(0.01)),
+    ("RELOAD_HEALTH_TIMEOUT_S", "health_timeout_s", _float(0.1)),
+    ("RELOAD_HEALTH_METRIC_URL", "health_metric_url", _url),
+    ("RELOAD_HEALTH_METRIC", "health_metric", str),
+    ("RELOAD_STAGGER", "stagger", _stagger),
+    ("RELOAD_POD_NAME", "pod_name", str),
+    ("RELOAD_POD_IP", "pod_ip", str),
+    ("RELOAD_PEERS", "peers", _peers),
+    ("RELOAD_BAKE_S", "bake_s", _float(0)),
+    ("RELOAD_LISTEN", "listen", _host_port),
+    ("RELOAD_HISTORY", "history", _int(0, 1000)),
+    ("RELOAD_LOG_FORMAT", "log_format", _choice("json", "console")),
+    ("RELOAD_LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error")),
+    ("RELOAD_WEBHOOK_LISTEN", "webhook_listen", _host_port),
+    ("RELOAD_WEBHOOK_CERT", "webhook_cert", _path),
+    ("RELOAD_WEBHOOK_KEY", "webhook_key", _path),
+    ("RELOAD_WEBHOOK_PROFILES", "webhook_profiles", _path),
+)
+
+#: Every variable `Settings.from_env` reads (the README reference is tested against this).
+ENV_VARS: tuple[str, ...] = tuple(name for name, _, _ in _FIELDS)
+
+
+def _cross_checks(p: _Parser, kw: dict[str, object]) -> None:
+    env = p.environ
+    if kw.get("signal") is not None and not (kw.get("process") or kw.get("pidfile")):
+        p.problems.append(
+            f"RELOAD_SIGNAL={env['RELOAD_SIGNAL']!r}: needs RELOAD_PROCESS or RELOAD_PIDFILE to find the app"
+        )
+    if (kw.get("process") or kw.get("pidfile")) and kw.get("signal") is None:
+        p.problems.append("RELOAD_PROCESS/RELOAD_PIDFILE set without RELOAD_SIGNAL: which signal should be sent?")
+    if kw.get("reload_url") and kw.get("signal") is not None:
+        p.problems.append("RELOAD_RELOAD_URL and RELOAD_SIGNAL are both set: choose one reload trigger")
+    if bool(kw.get("health_metric_url")) != bool(kw.get("health_metric")):
+        p.problems.append("RELOAD_HEALTH_METRIC_URL and RELOAD_HEALTH_METRIC go together: set both or neither")
+    if kw.get("health_metric") and not re.fullmatch(
+        r"\s*[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?\s*(==|!=|>=|<=|>|<)\s*[-+0-9.eE]+\s*", str(kw["health_metric"])
+    ):
+        p.problems.append(
+            f"RELOAD_HEALTH_METRIC={env['RELOAD_HEALTH_METRIC']!r}: expected name{{labels}}<op>number, "
+            "e.g. prometheus_config_last_reload_successful==1"
+        )
+    stagger = kw.get("stagger")
+    if isinstance(stagger, Stagger) and stagger.mode == "waves" and not kw.get("peers"):
+        p.problems.append(f"RELOAD_STAGGER={env['RELOAD_STAGGER']!r}: waves mode needs RELOAD_PEERS")
+    if isinstance(stagger, Stagger) and stagger.mode in ("ordinal", "waves") and not kw.get("pod_name"):
+        p.problems.append(f"RELOAD_STAGGER={env['RELOAD_STAGGER']!r}: needs RELOAD_POD_NAME (downward API)")
+    if isinstance(stagger, Stagger) and stagger.mode == "ordinal" and kw.get("pod_name"):
+        if not re.search(r"-\d+$", str(kw["pod_name"])):
+            p.problems.append(
+                f"RELOAD_POD_NAME={env['RELOAD_POD_NAME']!r}: ordinal stagger needs a StatefulSet pod name "
+                "ending in -<ordinal>, e.g. web-3"
+            )
+    if "max_file_bytes" in kw and "max_total_bytes" in kw and kw["max_file_bytes"] > kw["max_total_bytes"]:  # type: ignore[operator]
+        p.problems.append("RELOAD_MAX_FILE_BYTES is larger than RELOAD_MAX_TOTAL_BYTES")
+    if kw.get("validate_command") and not any("{dir}" in a for a in kw["validate_command"]):  # type: ignore[attr-defined]
+        p.problems.append(
+            f"RELOAD_VALIDATE_COMMAND={env['RELOAD_VALIDATE_COMMAND']!r}: has no {{dir}}; the checker must be "
+            "pointed at the candidate, e.g. nginx -t -c {dir}/nginx.conf"
+        )

@@ -1,0 +1,241 @@
+"""Source dir -> `Snapshot`: the files of one version as bytes, with a content hash and any problems found.
+
+A kubelet volume is read through `..data` (resolved once, so a swap during the read cannot mix two
+versions); a plain directory is read as it is. Hidden `..*` entries are the kubelet's own and skipped.
+Nothing here ever blocks on a FIFO or follows a symlink out of the volume.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Snapshot", "SourceError", "read_snapshot"]
+
+_DATA = "..data"
+_MAX_DEPTH = 32
+_MAX_FILES = 10_000
+
+
+class SourceError(OSError):
+    """The source directory itself cannot be read (missing, not a directory, permission)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One version of the source: relative posix path -> bytes, plus problems that make it unusable."""
+
+    files: dict[str, bytes]
+    version: str
+    problems: tuple[str, ...] = ()
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+
+def read_snapshot(
+    source: Path,
+    *,
+    include: tuple[str, ...] = ("*",),
+    exclude: tuple[str, ...] = (),
+    max_file_bytes: int = 1 << 20,
+    max_total_bytes: int = 4 << 20,
+) -> Snapshot:
+    """Read every wanted regular file under `source`; problems are collected, never raised.
+
+    Raises `SourceError` only when the directory itself is unusable. A kubelet swap that removes the
+    version being read is retried (the new `..data` is read instead).
+    """
+    for _ in range(5):
+        try:
+            root = _resolve_root(source)
+            return _read(root, source, include, exclude, max_file_bytes, max_total_bytes)
+        except _Vanished:
+            continue
+    raise SourceError(f"{source}: the volume kept changing while being read")
+
+
+class _Vanished(Exception):
+    """The `..data` target disappeared mid-read: the kubelet swapped again."""
+
+
+def _resolve_root(source: Path) -> Path:
+    try:
+        st = os.stat(source)
+    except OSError as e:
+        raise SourceError(f"{source}: {e.strerror}") from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"{source}: not a directory")
+    data = source / _DATA
+    try:
+        link = os.readlink(data)
+    except FileNotFoundError:
+        return source
+    except OSError as e:
+        if e.errno == errno.EINVAL:  # `..data` is a real dir, not a link
+            return data
+        raise SourceError(f"{data}: {e.strerror}") from e
+    target = (source / link).resolve()
+    if not _inside(target, source.resolve()):
+        raise SourceError(f"{data} points outside the volume ({link})")
+    return target
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+
+    def matches(glob: str) -> bool:
+        return fnmatch.fnmatchcase(rel, glob) or fnmatch.fnmatchcase(name, glob)
+
+    return any(matches(g) for g in include) and not any(matches(g) for g in exclude)
+
+
+def _read(
+    root: Path,
+    source: Path,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    max_file: int,
+    max_total: int,
+) -> Snapshot:
+    volume = source.resolve()
+    files: dict[str, bytes] = {}
+    sizes: dict[str, int] = {}
+    problems: list[str] = []
+    total = 0
+    for rel, path in _walk(root, volume, problems):
+        if not _wanted(rel, include, exclude):
+            continue
+        if len(files) >= _MAX_FILES:
+            problems.append(f"more than {_MAX_FILES} files; refusing the rest")
+            break
+        data = _read_file(path, rel, max_file, problems)
+        if data is None:
+            continue
+        total += len(data)
+        if total > max_total:
+            problems.append(f"total size exceeds RELOAD_MAX_TOTAL_BYTES={max_total} at {rel}")
+            break
+        files[rel] = data
+        sizes[rel] = len(data)
+    return Snapshot(
+        files=dict(sorted(files.items())), version=_hash(files, problems), problems=tuple(problems), sizes=sizes
+    )
+
+
+def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path]]:
+    """(relative name, path) of every entry that should be a file; problems for what may not be read."""
+    out: list[tuple[str, Path]] = []
+    seen: set[tuple[int, int]] = set()
+    todo: list[tuple[Path, str, int]] = [(root, "", 0)]
+    while todo:
+        directory, prefix, depth = todo.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except FileNotFoundError as e:
+            raise _Vanished from e
+        except OSError as e:
+            problems.append(f"{prefix or '.'}: cannot list directory: {e.strerror}")
+            continue
+        for entry in entries:
+            if entry.name.startswith(".."):
+                continue
+            rel, path = prefix + entry.name, Path(entry.path)
+            st = _stat_inside(entry, rel, volume, problems)
+            if st is None:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if depth >= _MAX_DEPTH or (st.st_dev, st.st_ino) in seen:
+                    problems.append(f"{rel}: directory nesting too deep or a symlink loop; refused")
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                todo.append((path, rel + "/", depth + 1))
+            elif stat.S_ISREG(st.st_mode):
+                out.append((rel, path))
+            else:
+                problems.append(f"{rel}: {_kind(st.st_mode)}, not a regular file; refused")
+    out.sort()
+    return out
+
+
+def _stat_inside(entry: os.DirEntry[str], rel: str, volume: Path, problems: list[str]) -> os.stat_result | None:
+    """stat() of the entry (following a symlink only if it stays in the volume); None with a problem noted."""
+    if entry.is_symlink() and not _inside(Path(entry.path).resolve(), volume):
+        problems.append(f"{rel}: symlink points outside the volume; refused")
+        return None
+    try:
+        return os.stat(entry.path)
+    except FileNotFoundError:
+        if entry.is_symlink():
+            problems.append(f"{rel}: dangling symlink")
+        return None
+    except OSError as e:
+        problems.append(f"{rel}: {e.strerror}")
+        return None
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _read_file(path: Path, rel: str, max_file: int, problems: list[str]) -> bytes | None:
+    # O_NONBLOCK: if the entry was swapped for a FIFO after the stat, open() must not hang on it.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError as e:
+        raise _Vanished from e
+    except OSError as e:
+        problems.append(f"{rel}: cannot open: {e.strerror}")
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{rel}: {_kind(st.st_mode)}, not a regular file; refused")
+            return None
+        if st.st_size > max_file:
+            problems.append(f"{rel}: {st.st_size} bytes exceeds RELOAD_MAX_FILE_BYTES={max_file}")
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, max(65536, max_file + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_file:
+                problems.append(f"{rel}: grew past RELOAD_MAX_FILE_BYTES={max_file} while being read")
+                return None
+        return b"".join(chunks)
+    except OSError as e:
+        problems.append(f"{rel}: read error: {e.strerror}")
+        return None
+    finally:
+        os.close(fd)
+
+
+def _hash(files: dict[str, bytes], problems: list[str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name]
+        h.update(f"{len(name)}:{name}:{len(data)}:".encode())
+        h.update(data)
+    for problem in problems:
+        h.update(b"!" + problem.encode())
+    return h.hexdigest()[:16]

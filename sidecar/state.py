@@ -1,0 +1,132 @@
+"""What the sidecar knows about versions: current, last good, refused, quarantined; `/status` and the state file.
+
+The state file (`..reload-sidecar-state.json` in the target dir: a `..` name, so neither the app's links
+nor the kubelet-style layout ever show it) is written atomically so a restart keeps the last good
+version and never retries a quarantined one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["STATE_FILE", "Phase", "Refusal", "State", "load_state", "save_state"]
+
+STATE_FILE = "..reload-sidecar-state.json"
+_KEEP_REFUSED = 50
+
+Phase = Literal[
+    "starting",
+    "idle",
+    "validating",
+    "waiting",
+    "promoting",
+    "reloading",
+    "verifying",
+    "rolling_back",
+    "degraded",
+    "held",
+    "stopping",
+]
+
+
+@dataclass(slots=True)
+class Refusal:
+    """Why a version was not (or no longer) used, and when."""
+
+    reason: str
+    stage: str
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class State:
+    pod: str
+    phase: Phase = "starting"
+    current: str | None = None
+    last_good: str | None = None
+    # Versions whose validation failed: skipped until the content changes (hash-keyed, bounded).
+    refused: dict[str, Refusal] = field(default_factory=dict)
+    # Versions that broke the app: never promoted again, persisted.
+    quarantined: dict[str, Refusal] = field(default_factory=dict)
+    # Per-version rollout state for peers: version -> (state, since).
+    versions: dict[str, tuple[str, float]] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_reload_at: float | None = None
+    last_change_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+    ready: bool = False
+    ready_reason: str = "no version promoted yet"
+
+    def refuse(self, version: str, reason: str, stage: str) -> None:
+        self.refused[version] = Refusal(reason, stage)
+        while len(self.refused) > _KEEP_REFUSED:
+            del self.refused[next(iter(self.refused))]
+        self.error(f"version {version} refused at {stage}: {reason}")
+        self.mark(version, "failed")
+
+    def error(self, message: str) -> None:
+        self.last_error, self.last_error_at = message, time.time()
+
+    def mark(self, version: str, what: str) -> None:
+        self.versions[version] = (what, time.time())
+        while len(self.versions) > _KEEP_REFUSED:
+            del self.versions[next(iter(self.versions))]
+
+    def status(self) -> dict[str, Any]:
+        """The `/status` document: hashes, sizes, reasons and times; never file contents."""
+        return {
+            "pod": self.pod,
+            "state": self.phase,
+            "ready": self.ready,
+            "ready_reason": None if self.ready else self.ready_reason,
+            "current": self.current,
+            "last_good": self.last_good,
+            "files": self.files,
+            "refused": {v: asdict(r) for v, r in self.refused.items()},
+            "quarantined": {v: asdict(r) for v, r in self.quarantined.items()},
+            "versions": {v: {"state": s, "since": t} for v, (s, t) in self.versions.items()},
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "last_reload_at": self.last_reload_at,
+            "last_change_at": self.last_change_at,
+            "started_at": self.started_at,
+        }
+
+
+def save_state(target: Path, state: State) -> None:
+    """Persist what must survive a restart: current, last good, quarantine (atomic: temp file + rename)."""
+    doc = {
+        "current": state.current,
+        "last_good": state.last_good,
+        "quarantined": {v: asdict(r) for v, r in state.quarantined.items()},
+    }
+    tmp = target / f"..tmp-state-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target / STATE_FILE)
+
+
+def load_state(target: Path, state: State) -> str | None:
+    """Fill `state` from the state file; returns a problem description if the file was unusable."""
+    path = target / STATE_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        state.last_good = doc.get("last_good")
+        state.quarantined = {v: Refusal(**r) for v, r in doc.get("quarantined", {}).items()}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        with contextlib.suppress(OSError):
+            path.rename(path.with_name(STATE_FILE + ".corrupt"))
+        return f"state file {path} unreadable ({e}); starting without it"
+    return None

@@ -1,0 +1,316 @@
+"""`Snapshot` -> `Verdict`: parse (YAML/JSON), JSON Schema, then the app's own checker on a staged copy.
+
+Parsing is pure and bounded: YAML is pre-scanned for nesting depth and alias expansion before anything
+is built, so a "billion laughs" document is refused in milliseconds without allocating it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .settings import ValidatorSpec
+from .snapshot import Snapshot
+
+__all__ = ["Checks", "Verdict", "check_parse", "run_command", "stage_files", "validate"]
+
+MAX_DEPTH = 64
+MAX_NODES = 250_000
+_OUTPUT_CAP = 64 * 1024
+_REASON_CHARS = 1500
+_MAX_PROBLEMS = 20
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Format = str  # "yaml" | "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Checks:
+    """What to run on a candidate: built-in validators, then an optional checker command."""
+
+    validators: tuple[ValidatorSpec, ...] = (ValidatorSpec("auto"),)
+    command: tuple[str, ...] = ()
+    timeout_s: float = 10.0
+    # Where staged copies for the checker are made (the sidecar uses its target dir: same filesystem).
+    work_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome for one version: `ok`, or the problems (file:line: why) that refused it."""
+
+    version: str
+    problems: tuple[str, ...]
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.problems)
+
+
+class _Problem(Exception):
+    pass
+
+
+async def validate(snapshot: Snapshot, checks: Checks) -> Verdict:
+    """Run every check on `snapshot`; parsing happens in a worker thread, the command as a subprocess."""
+    start = time.perf_counter()
+    problems = list(snapshot.problems)
+    if not snapshot.files and not problems:
+        problems.append("no files in the source (an empty config is never promoted)")
+    if not problems:
+        problems = await asyncio.to_thread(check_parse, snapshot.files, checks.validators)
+    if not problems and checks.command:
+        problems = await run_command(checks.command, snapshot.files, checks.timeout_s, checks.work_dir)
+    return Verdict(snapshot.version, tuple(problems[:_MAX_PROBLEMS]), time.perf_counter() - start)
+
+
+def check_parse(files: dict[str, bytes], specs: Iterable[ValidatorSpec]) -> list[str]:
+    """Parse problems for every file that the validators give a format to, plus schema violations."""
+    specs = tuple(specs)
+    formats = _formats(files, specs)
+    schemas = [_load_schema(s.schema_path) for s in specs if s.kind == "schema" and s.schema_path]
+    problems: list[str] = []
+    for name, fmt in formats.items():
+        try:
+            docs, locate = _parse(files[name], fmt)
+            for schema in schemas:
+                problems += _schema_problems(name, docs, schema, locate)
+        except _Problem as e:
+            problems.append(f"{name}:{e}")
+    return problems
+
+
+def _formats(files: dict[str, bytes], specs: tuple[ValidatorSpec, ...]) -> dict[str, _Format]:
+    formats: dict[str, _Format] = {}
+    kinds = {s.kind for s in specs}
+    for name in files:
+        ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        if "yaml" in kinds:
+            formats[name] = "yaml"
+        elif "json" in kinds:
+            formats[name] = "json"
+        elif ("auto" in kinds or "schema" in kinds) and ext in ("yaml", "yml", "json"):
+            formats[name] = "json" if ext == "json" else "yaml"
+    return formats
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise _Problem(f"{line}: invalid UTF-8 at byte {e.start}") from e
+
+
+Locate = Callable[[list[Any]], str]
+
+
+def _parse(data: bytes, fmt: _Format) -> tuple[list[Any], Locate]:
+    text = _decode(data)
+    if fmt == "json":
+        try:
+            return [json.loads(text)], lambda path: ""
+        except json.JSONDecodeError as e:
+            raise _Problem(f"{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+        except RecursionError as e:
+            raise _Problem(" invalid JSON: nesting too deep") from e
+    return _parse_yaml(text)
+
+
+def _parse_yaml(text: str) -> tuple[list[Any], Locate]:
+    try:
+        _check_depth(text)
+        loader = _Loader(text)
+        try:
+            nodes: list[yaml.Node] = []
+            while loader.check_node():
+                nodes.append(loader.get_node())
+            size = _expanded_size(nodes)
+            if size > MAX_NODES:
+                raise _Problem(f" YAML alias expansion would build {size:,}+ nodes (limit {MAX_NODES:,}): refused")
+            docs = [loader.construct_document(node) for node in nodes]
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark: Any = e.problem_mark if e.problem_mark is not None else e.context_mark
+        where = "" if mark is None else f"{mark.line + 1}:{mark.column + 1}"
+        raise _Problem(f"{where}: invalid YAML: {e.problem or e.context}") from e
+    except yaml.YAMLError as e:
+        raise _Problem(f" invalid YAML: {e}") from e
+    return docs, lambda path: _yaml_line(nodes, path)
+
+
+def _check_depth(text: str) -> None:
+    # Runs on parser events (a flat stream) because the composer recurses once per nesting level.
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark: Any = event.start_mark
+                raise _Problem(f"{mark.line + 1}:{mark.column + 1}: YAML nesting deeper than {MAX_DEPTH}: refused")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _expanded_size(nodes: list[yaml.Node]) -> int:
+    """Nodes the documents would have with every alias copied out, stopping early past the limit."""
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        if key in active:
+            raise _Problem(" YAML alias refers to itself (recursive structure): refused")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            children: Iterable[yaml.Node] = (n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = ()
+        for child in children:
+            total += size(child)
+            if total > MAX_NODES:
+                break
+        active.discard(key)
+        memo[key] = total
+        return total
+
+    total = 0
+    for node in nodes:
+        total += size(node)
+        if total > MAX_NODES:
+            break
+    return total
+
+
+def _yaml_line(nodes: list[yaml.Node], path: list[Any]) -> str:
+    if not nodes:
+        return ""
+    node: yaml.Node = nodes[0]
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            found = next((v for k, v in node.value if str(k.value) == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            found = node.value[part]
+        else:
+            found = None
+        if found is None:
+            break
+        node = found
+    return str(node.start_mark.line + 1)
+
+
+def _load_schema(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_text(encoding="utf-8")
+        schema = json.loads(data) if path.suffix == ".json" else yaml.safe_load(data)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise _Problem(f" schema {path} unreadable: {e}") from e
+    if not isinstance(schema, dict):
+        raise _Problem(f" schema {path} is not a JSON Schema object")
+    return schema
+
+
+def _schema_problems(name: str, docs: list[Any], schema: dict[str, Any], locate: Locate) -> list[str]:
+    import jsonschema  # imported on first use: it costs ~60 ms of start-up the sidecar rarely needs
+
+    cls = jsonschema.validators.validator_for(schema)
+    validator = cls(schema)
+    out: list[str] = []
+    try:
+        for doc in docs:
+            for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+                path = list(err.absolute_path)
+                where = "/".join(str(p) for p in path) or "(root)"
+                out.append(f"{name}:{locate(path)}: schema: at {where}: {err.message[:300]}")
+    except RecursionError:
+        out.append(f"{name}: schema: document nested too deep to check")
+    return out
+
+
+def stage_files(files: dict[str, bytes], parent: Path | None, prefix: str) -> Path:
+    """Write `files` into a new private directory under `parent` (or the system temp dir)."""
+    stage = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    for name, data in files.items():
+        path = stage / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return stage
+
+
+async def run_command(
+    argv: tuple[str, ...], files: dict[str, bytes], timeout_s: float, work_dir: Path | None
+) -> list[str]:
+    """Run the checker on a staged copy; its exit status decides, its output (trimmed) is the reason."""
+    stage = await asyncio.to_thread(stage_files, files, work_dir, "..check-")
+    try:
+        args = [a.replace("{dir}", str(stage)) for a in argv]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as e:
+            return [f"checker {argv[0]!r} cannot be started: {e.strerror or e}"]
+        try:
+            output = await asyncio.wait_for(_read_capped(proc), timeout_s)
+            code = await proc.wait()
+        except TimeoutError:
+            _kill_group(proc.pid)
+            await proc.wait()
+            return [f"checker {argv[0]!r} did not finish within {timeout_s:g} s (RELOAD_VALIDATE_TIMEOUT_S); killed"]
+        except asyncio.CancelledError:
+            _kill_group(proc.pid)
+            raise
+        if code == 0:
+            return []
+        text = output.decode("utf-8", "replace").replace(f"{stage}/", "").replace(str(stage), "<candidate>")
+        return [f"checker {argv[0]!r} exited {code}: {_trim(text)}"]
+    finally:
+        await asyncio.to_thread(shutil.rmtree, stage, True)
+
+
+async def _read_capped(proc: asyncio.subprocess.Process) -> bytes:
+    assert proc.stdout is not None  # noqa: S101 - created with stdout=PIPE
+    buf = bytearray()
+    while chunk := await proc.stdout.read(65536):
+        if len(buf) < _OUTPUT_CAP:
+            buf += chunk[: _OUTPUT_CAP - len(buf)]
+    return bytes(buf)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _trim(text: str) -> str:
+    text = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    if len(text) <= _REASON_CHARS:
+        return text
+    return text[:300] + " … " + text[-(_REASON_CHARS - 300) :]
