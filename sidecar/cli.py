@@ -69,11 +69,30 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"reload-sidecar: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    if args.command == "run":
+        _import_aiohttp_without_ca_bundle(settings)
     if args.command == "validate":
         return asyncio.run(_validate(settings, args.dir))
     if args.command == "once":
         return asyncio.run(_once(settings))
     return asyncio.run(run(settings))
+
+
+def _import_aiohttp_without_ca_bundle(settings: Settings) -> None:
+    """Import aiohttp with an empty CA bundle when no configured URL is https.
+
+    aiohttp builds a verifying SSL context at import time, loading the system CA bundle: ~7 MB of RSS
+    and ~50 ms of start-up in every pod, for a sidecar that only speaks plain HTTP to its app on
+    loopback. The variable is restored right after, so checker commands see the environment unchanged.
+    """
+    urls = (settings.reload_url, settings.health_url, settings.health_metric_url)
+    if any(u.startswith("https:") for u in urls) or "SSL_CERT_FILE" in os.environ or "aiohttp" in sys.modules:
+        return
+    os.environ["SSL_CERT_FILE"] = os.devnull
+    try:
+        import aiohttp  # noqa: F401 - imported for its side effect, see above
+    finally:
+        del os.environ["SSL_CERT_FILE"]
 
 
 async def _validate(settings: Settings, directory: Path) -> int:
