@@ -164,5 +164,5 @@ def project(volume: Path, files: Mapping[str, bytes | str], mode: int = 0o644) -
 
     # 6. the previous version
     if old_name:
-        shutil.rmtree(volume / old_name, ignore_errors=True)
+        shutil.rmtree(volume / old_name)
     return True
