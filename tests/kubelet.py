@@ -33,7 +33,7 @@ import posixpath
 import secrets
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 __all__ = ["DATA_LINK", "DATA_TMP_LINK", "project"]
@@ -112,13 +112,20 @@ def _write_payload(version_dir: Path, payload: Mapping[str, bytes], mode: int) -
         target.chmod(mode)
 
 
-def project(volume: Path, files: Mapping[str, bytes | str], mode: int = 0o644) -> bool:
+def project(
+    volume: Path,
+    files: Mapping[str, bytes | str],
+    mode: int = 0o644,
+    extra: Callable[[Path], None] | None = None,
+) -> bool:
     """Project ``files`` into ``volume`` as the kubelet's AtomicWriter would.
 
     ``files`` maps payload paths (``"app.yaml"``, ``"conf.d/a.conf"``) to contents; ``str`` values are
     encoded as UTF-8. ``mode`` is applied to every file with an explicit chmod. ``volume`` is created if
     missing. Returns ``True`` when a new version was written, ``False`` when the payload equals what is
-    already current (then nothing on disk changes).
+    already current (then nothing on disk changes). ``extra``, if given, is called with the new version
+    dir after the payload is written and before the swap: tests use it to plant entries the kubelet
+    never makes (a FIFO, a symlink leaving the volume) and still get a real ``..data`` swap.
     """
     payload: dict[str, bytes] = {}
     for key, value in files.items():
@@ -133,12 +140,14 @@ def project(volume: Path, files: Mapping[str, bytes | str], mode: int = 0o644) -
     if old_name:
         old_dir = volume / old_name
         stale = _current_tree(old_dir) - _with_parents(set(payload))
-        if not stale and _unchanged(old_dir, payload):
+        if not stale and extra is None and _unchanged(old_dir, payload):
             return False
 
     # 1. the new version, complete, before anything visible changes
     new_dir = _new_version_dir(volume)
     _write_payload(new_dir, payload, mode)
+    if extra is not None:
+        extra(new_dir)
 
     # 2. + 3. switch ..data atomically
     tmp_link = volume / DATA_TMP_LINK

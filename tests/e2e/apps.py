@@ -22,8 +22,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 __all__ = [
     "AppError",
@@ -138,7 +139,8 @@ class _Proc:
         return _tail(self.log_path, chars)
 
     def fail(self, why: str) -> AppError:
-        return AppError(f"{self.name}: {why}\n$ {' '.join(self.argv)}\n--- {self.log_path} (tail) ---\n{self.log_tail()}")
+        cmd = " ".join(self.argv)
+        return AppError(f"{self.name}: {why}\n$ {cmd}\n--- {self.log_path} (tail) ---\n{self.log_tail()}")
 
     def wait_until(self, ready: str, probe: Callable[[], bool], timeout: float = START_TIMEOUT_S) -> float:
         """Poll ``probe`` until it returns True; seconds it took. Raises if the process exits or time runs out."""
@@ -171,7 +173,7 @@ class _Proc:
             os.killpg(self.proc.pid, signal.SIGKILL)
         return self.proc.returncode
 
-    def __enter__(self) -> _Proc:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -246,7 +248,7 @@ class NginxProc(_Proc):
         self.pid_file = prefix / "nginx.pid"
         self.error_log = prefix / "error.log"
         super().__init__(
-            [nginx_bin(), "-p", f"{prefix}/", "-c", str(conf_path), "-e", str(self.error_log)],
+            [nginx_bin(), "-p", f"{prefix}/", "-c", str(conf_path)],
             prefix / "nginx.out",
             prefix,
         )
@@ -262,12 +264,48 @@ class NginxProc(_Proc):
         """SIGHUP the master through its pid file, as a reload sidecar would."""
         os.kill(self.master_pid(), signal.SIGHUP)
 
+    def workers(self) -> dict[int, str]:
+        """The master's live children: pid -> process title ("nginx: worker process[ is shutting down]")."""
+        out: dict[int, str] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.pid:
+                    title = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+                    out[int(stat.parent.name)] = title.decode("utf-8", "replace")
+        return out
+
+    def settled(self) -> bool:
+        """True when exactly one generation of workers runs (after a HUP old and new both answer for a while).
+
+        The conf of :func:`nginx_conf` has ``worker_processes 1`` and no cache manager, so settled means a
+        single child that is not "shutting down".
+        """
+        titles = list(self.workers().values())
+        return len(titles) == 1 and "shutting down" not in titles[0]
+
+    def wait_body(self, path: str, text: str, timeout: float = START_TIMEOUT_S) -> float:
+        """Wait until ``path`` answers ``text`` with only current-generation workers alive; seconds waited.
+
+        Right after a SIGHUP the draining old workers still accept connections, so one matching answer
+        is not enough: an old worker may answer the next request with the old content.
+        """
+        start = time.monotonic()
+
+        def ok() -> bool:
+            return self.settled() and self.get(path)[1] == text and self.settled()
+
+        self.wait_until(f"answering {text!r} at {path}", ok, timeout)
+        return time.monotonic() - start
+
     def log_tail(self, chars: int = 2000) -> str:
         return _tail(self.log_path, chars // 2) + "\n--- error.log ---\n" + _tail(self.error_log, chars)
 
 
 def _nginx_ready(ngx: NginxProc) -> bool:
-    if not ngx.pid_file.exists() or ngx.master_pid() != ngx.pid:
+    try:
+        if ngx.master_pid() != ngx.pid:
+            return False
+    except (OSError, ValueError):  # not written yet, or caught between nginx's create and write
         return False
     ngx.get("/health")  # any HTTP answer means it is serving
     return True
@@ -283,7 +321,7 @@ def start_nginx(prefix: Path, conf_path: Path, port: int | None = None) -> Nginx
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     if port is None:
         port = _listen_port(Path(conf_path).read_text())
-    ngx = NginxProc(prefix, Path(conf_path).resolve(), port)
+    ngx = NginxProc(prefix, Path(conf_path).absolute(), port)  # not resolve(): keep the symlink
     try:
         ngx.wait_until("serving", lambda: _nginx_ready(ngx))
     except BaseException:
@@ -375,7 +413,7 @@ def start_prometheus(workdir: Path, config_file: Path, port: int | None = None) 
     """Start Prometheus on 127.0.0.1 (``port`` or a free one) and wait until ``/-/ready`` answers 200."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    prom = PromProc(workdir, Path(config_file).resolve(), free_port() if port is None else port)
+    prom = PromProc(workdir, Path(config_file).absolute(), free_port() if port is None else port)
     try:
         prom.wait_until("ready", lambda: prom.get("/-/ready")[0] == 200)
     except BaseException:

@@ -1,0 +1,148 @@
+"""Run the real `reload-sidecar run` as a process and read its HTTP API and JSON logs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.apps import free_port, http_get
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll `cond` until truthy; fail the test with `what` after `timeout` s."""
+    end = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            value = cond()
+            if value:
+                return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or cond}")
+        time.sleep(interval)
+
+
+class Sidecar:
+    """One sidecar process; `env` are its RELOAD_* variables (source/target/listen are filled in)."""
+
+    def __init__(self, source: Path, target: Path, workdir: Path, **env: str) -> None:
+        self.source, self.target, self.workdir = source, target, workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "RELOAD_SOURCE_DIR": str(source),
+            "RELOAD_TARGET_DIR": str(target),
+            "RELOAD_LISTEN": f"127.0.0.1:{self.port}",
+            "RELOAD_DEBOUNCE_MS": "50",
+            "RELOAD_LOG_LEVEL": "debug",
+            **env,
+        }
+        self.log_path = workdir / f"sidecar-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_healthy: bool = True) -> Sidecar:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELOAD_")}
+        env.update(self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if wait_healthy:
+            wait_for(
+                lambda: self.alive() and http_get(self.url + "/healthz")[0] == 200,
+                20,
+                what=f"sidecar /healthz; log: {self.log_tail()}",
+            )
+        return self
+
+    def alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"sidecar exited with {self.proc.returncode}: {self.log_tail()}")
+        return True
+
+    def status(self) -> dict[str, Any]:
+        code, body = http_get(self.url + "/status")
+        assert code == 200, body
+        return dict(json.loads(body))
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of /metrics as `name{labels}` -> value."""
+        out: dict[str, float] = {}
+        for line in http_get(self.url + "/metrics")[1].splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def wait_current(self, version: str | None = None, timeout: float = 15.0) -> dict[str, Any]:
+        """Wait until /status shows `version` (or any) live and the loop idle again."""
+
+        def done() -> dict[str, Any] | None:
+            st = self.status()
+            ok = st["current"] is not None and (version is None or st["current"] == version)
+            return st if ok and st["state"] in ("idle", "degraded", "held") else None
+
+        return dict(wait_for(done, timeout, what=f"current={version}; log: {self.log_tail()}"))
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                ev = json.loads(line)
+                if isinstance(ev, dict) and (name is None or ev.get("event") == name):
+                    out.append(ev)
+        return out
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        """SIGTERM, and the exit code (SIGKILL after 10 s)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running(source: Path, target: Path, workdir: Path, **env: str) -> Iterator[Sidecar]:
+    car = Sidecar(source, target, workdir, **env).start()
+    try:
+        yield car
+    finally:
+        car.kill()
+
+
+def live_files(target: Path) -> dict[str, bytes]:
+    """What the app sees: every file reachable from the target's top-level links (via ..data)."""
+    out: dict[str, bytes] = {}
+    data = target / "..data"
+    for path in sorted(data.rglob("*")):
+        if path.is_file():
+            out[path.relative_to(data).as_posix()] = path.read_bytes()
+    return out
