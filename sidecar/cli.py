@@ -173,7 +173,7 @@ async def run(settings: Settings) -> int:
             state,
             metrics,
             make_trigger(settings, session),
-            make_gate(settings),
+            make_gate(settings, session, state.pod),
             session,
             HealthCheck.from_settings(settings),
         )

@@ -143,7 +143,7 @@ class Reloader:
         if v == state.current and v == state.last_good:
             await self._recheck_degraded()
             return
-        if v in state.quarantined or v in state.refused:
+        if v in state.quarantined or v in state.refused or v in state.held:
             log.debug("skipped_known_bad", version=v)
             return
         structlog.contextvars.bind_contextvars(version=v)
@@ -160,6 +160,10 @@ class Reloader:
             return
         log.info("validated", files=len(snap.files), bytes=snap.total_bytes, duration_ms=_ms(verdict.duration_s))
         first = state.current is None
+        if first and await self.gate.admit_first(v) == "held":
+            self._hold(v)
+            self._set_ready(False, f"version {v} is held by the fleet; waiting for a newer version")
+            return
         if not first and not await self._gate(v):
             return
         await self._apply(snap, _Pass(started, v), first)
@@ -182,12 +186,16 @@ class Reloader:
             log.info("superseded")
             return False
         if gate.result() == "held":
-            self.state.phase = "held"
-            self.state.mark(v, "held")
-            self.metrics.held.inc()
-            log.warning("held")
+            self._hold(v)
             return False
         return True
+
+    def _hold(self, v: str) -> None:
+        self.state.phase = "held"
+        self.state.held.add(v)
+        self.state.mark(v, "held")
+        self.metrics.held.inc()
+        log.warning("held", reason="a peer reported this version failed; keeping the last good version")
 
     async def _apply(self, snap: Snapshot, p: _Pass, first: bool) -> None:
         state = self.state

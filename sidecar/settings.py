@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-__all__ = ["ENV_VARS", "Expect", "Settings", "SettingsError", "Stagger", "ValidatorSpec"]
+__all__ = ["ENV_VARS", "Expect", "Settings", "SettingsError", "Stagger", "ValidatorSpec", "parse_validators"]
 
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -184,7 +184,8 @@ def _url(raw: str) -> str:
     return raw
 
 
-def _validators(raw: str) -> tuple[ValidatorSpec, ...]:
+def parse_validators(raw: str) -> tuple[ValidatorSpec, ...]:
+    """The words of `RELOAD_VALIDATE` (also a webhook profile's `validate`); `ValueError` says what is wrong."""
     specs: list[ValidatorSpec] = []
     for word in (w.strip() for w in raw.split(",")):
         if word in ("auto", "yaml", "json", "none"):
@@ -283,7 +284,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_RESYNC_S", "resync_s", _float(0)),
     ("RELOAD_MAX_FILE_BYTES", "max_file_bytes", _int(1)),
     ("RELOAD_MAX_TOTAL_BYTES", "max_total_bytes", _int(1)),
-    ("RELOAD_VALIDATE", "validators", _validators),
+    ("RELOAD_VALIDATE", "validators", parse_validators),
     ("RELOAD_VALIDATE_COMMAND", "validate_command", _command),
     ("RELOAD_VALIDATE_TIMEOUT_S", "validate_timeout_s", _float(0.1)),
     ("RELOAD_RELOAD_URL", "reload_url", _url),

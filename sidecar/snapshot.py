@@ -12,10 +12,11 @@ import fnmatch
 import hashlib
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Snapshot", "SourceError", "read_snapshot"]
+__all__ = ["Snapshot", "SourceError", "read_snapshot", "snapshot_of"]
 
 _DATA = "..data"
 _MAX_DEPTH = 32
@@ -60,6 +61,31 @@ def read_snapshot(
         except _Vanished:
             continue
     raise SourceError(f"{source}: the volume kept changing while being read")
+
+
+def snapshot_of(
+    files: Mapping[str, bytes], *, max_file_bytes: int = 1 << 20, max_total_bytes: int = 4 << 20
+) -> Snapshot:
+    """A `Snapshot` of files already in memory (a ConfigMap in an AdmissionReview), in name order.
+
+    Same size limits, problem wording and content hash as `read_snapshot`, so a version refused here is
+    the one the sidecar would refuse. Names are taken as given: the caller checks they are safe paths.
+    """
+    kept: dict[str, bytes] = {}
+    problems: list[str] = []
+    total = 0
+    for rel in sorted(files):
+        data = files[rel]
+        if len(data) > max_file_bytes:
+            problems.append(f"{rel}: {len(data)} bytes exceeds RELOAD_MAX_FILE_BYTES={max_file_bytes}")
+            continue
+        total += len(data)
+        if total > max_total_bytes:
+            problems.append(f"total size exceeds RELOAD_MAX_TOTAL_BYTES={max_total_bytes} at {rel}")
+            break
+        kept[rel] = data
+    sizes = {rel: len(data) for rel, data in kept.items()}
+    return Snapshot(files=kept, version=_hash(kept, problems), problems=tuple(problems), sizes=sizes)
 
 
 class _Vanished(Exception):

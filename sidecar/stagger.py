@@ -3,20 +3,43 @@
 `none` goes at once; `random:<max_s>` waits a delay drawn once per version; `ordinal:<step_s>` waits
 ordinal x step (StatefulSet pod `web-3` -> 3 x step). The delay counts from when this pod first saw
 the version, so a resync or a restart of the pass does not start it over.
+
+`waves` coordinates with the peers (DESIGN.md, "Coordinated waves"): every pod orders the live pod
+names by sha256(version + name), the same order everywhere and a different canary per version; rank r
+is in wave floor(log2(r + 1)) (1 pod, then 2, 4, 8 ...). A pod goes once every pod of a lower wave
+reports the version healthy for `RELOAD_BAKE_S`, and holds it as soon as any peer reports it failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import re
+from collections.abc import Mapping
 from typing import Literal, Protocol
 
+import aiohttp
+import structlog
+
+from .peers import Fleet, PeerView
 from .settings import Settings
 
-__all__ = ["DelayGate", "Decision", "Gate", "NoGate", "make_gate", "ordinal"]
+__all__ = [
+    "DelayGate",
+    "Decision",
+    "Gate",
+    "NoGate",
+    "WavesGate",
+    "decide",
+    "make_gate",
+    "ordinal",
+    "wave_of",
+    "wave_order",
+]
 
 Decision = Literal["go", "held"]
+log = structlog.get_logger("stagger")
 
 
 class Gate(Protocol):
@@ -28,9 +51,16 @@ class Gate(Protocol):
         """Seconds this pod waits for `version` after first seeing it (for logs)."""
         ...
 
+    async def admit_first(self, version: str) -> Decision:
+        """At start-up, with nothing promoted yet: may this pod start on `version` at once?"""
+        ...
+
 
 class NoGate:
     async def wait(self, version: str) -> Decision:
+        return "go"
+
+    async def admit_first(self, version: str) -> Decision:
         return "go"
 
     def delay(self, version: str) -> float:
@@ -55,6 +85,9 @@ class DelayGate:
                 del self._delays[next(iter(self._delays))]
         return self._delays[version]
 
+    async def admit_first(self, version: str) -> Decision:
+        return "go"
+
     async def wait(self, version: str) -> Decision:
         loop = asyncio.get_running_loop()
         first = self._first_seen.setdefault(version, loop.time())
@@ -74,8 +107,73 @@ def ordinal(pod_name: str) -> int:
     return int(m.group(1))
 
 
-def make_gate(settings: Settings) -> Gate:
+def wave_order(version: str, pods: set[str]) -> list[str]:
+    """The rollout order of `pods` for `version`: the same on every pod, a different canary per version."""
+    return sorted(pods, key=lambda pod: hashlib.sha256(f"{version}/{pod}".encode()).hexdigest())
+
+
+def wave_of(rank: int) -> int:
+    """Wave of a rank: 0 -> 0; 1, 2 -> 1; 3..6 -> 2; 7..14 -> 3 (ranks 2^w - 1 ... 2^(w+1) - 2)."""
+    return (rank + 1).bit_length() - 1
+
+
+Step = Literal["go", "wait", "held"]
+
+
+def decide(version: str, me: str, views: Mapping[str, PeerView], bake_s: float) -> tuple[Step, str]:
+    """Pure decision for one round: go / wait / held, and why (for logs and tests)."""
+    failed = sorted(pod for pod, view in views.items() if view.failed(version))
+    if failed:
+        return "held", f"reported failed by {', '.join(failed)}"
+    order = wave_order(version, set(views) | {me})
+    rank = order.index(me)
+    wave = wave_of(rank)
+    waiting = []
+    for pod in order[: (1 << wave) - 1]:
+        state = views[pod].version_state(version)
+        if state is None or state[0] != "healthy" or state[1] < bake_s:
+            waiting.append(pod)
+    if waiting:
+        return "wait", f"wave {wave} (rank {rank} of {len(order)}) waits for {', '.join(waiting)}"
+    return "go", f"wave {wave} (rank {rank} of {len(order)})"
+
+
+class WavesGate:
+    """Coordinated waves through the peers' `/status`; polls only while a version waits here."""
+
+    def __init__(self, fleet: Fleet, me: str, bake_s: float) -> None:
+        self.fleet, self.me, self.bake_s = fleet, me, bake_s
+        # Polling cadence while waiting: a few reads per bake period, at most 1/s and at least 4/s.
+        self.poll_s = min(1.0, max(0.25, bake_s / 4))
+
+    def delay(self, version: str) -> float:
+        return 0.0
+
+    async def admit_first(self, version: str) -> Decision:
+        views = await self.fleet.poll()
+        step, why = decide(version, self.me, views, self.bake_s)
+        if step == "held":
+            log.warning("start_refused_by_fleet", version=version, why=why)
+            return "held"
+        return "go"
+
+    async def wait(self, version: str) -> Decision:
+        last = ""
+        while True:
+            step, why = decide(version, self.me, await self.fleet.poll(), self.bake_s)
+            if why != last:
+                log.info("wave_" + step, version=version, why=why)
+                last = why
+            if step != "wait":
+                return step
+            await asyncio.sleep(self.poll_s)
+
+
+def make_gate(settings: Settings, session: aiohttp.ClientSession, me: str) -> Gate:
     mode = settings.stagger.mode
     if mode in ("random", "ordinal"):
         return DelayGate(mode, settings.stagger.seconds, settings.pod_name)
+    if mode == "waves":
+        forget = max(5.0, settings.bake_s)
+        return WavesGate(Fleet(session, settings.peers, me, forget_after_s=forget), me, settings.bake_s)
     return NoGate()

@@ -54,6 +54,8 @@ class State:
     refused: dict[str, Refusal] = field(default_factory=dict)
     # Versions that broke the app: never promoted again, persisted.
     quarantined: dict[str, Refusal] = field(default_factory=dict)
+    # Versions a peer reported failed before this pod promoted them (waves): skipped like refused ones.
+    held: set[str] = field(default_factory=set)
     # Per-version rollout state for peers: version -> (state, since).
     versions: dict[str, tuple[str, float]] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -92,12 +94,15 @@ class State:
             "files": self.files,
             "refused": {v: asdict(r) for v, r in self.refused.items()},
             "quarantined": {v: asdict(r) for v, r in self.quarantined.items()},
+            "held": sorted(self.held),
             "versions": {v: {"state": s, "since": t} for v, (s, t) in self.versions.items()},
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "last_reload_at": self.last_reload_at,
             "last_change_at": self.last_change_at,
             "started_at": self.started_at,
+            # peers compare `versions[...].since` with this, so clocks need not agree across pods
+            "now": time.time(),
         }
 
 
