@@ -190,7 +190,14 @@ def _nginx_string(text: str, what: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def nginx_conf(port: int, body: str, prefix: Path, health: str = "ok", health_status: int = 200) -> str:
+def nginx_conf(
+    port: int,
+    body: str,
+    prefix: Path | None,
+    health: str = "ok",
+    health_status: int = 200,
+    listen: str = "127.0.0.1",
+) -> str:
     """A minimal, self-contained nginx.conf serving ``body`` at ``/`` and ``health`` at ``/health``.
 
     Listens on 127.0.0.1:``port`` only; pid file, error log, lock file and all temp dirs are absolute
@@ -198,16 +205,21 @@ def nginx_conf(port: int, body: str, prefix: Path, health: str = "ok", health_st
     touches /run, /var/log or /var/lib. ``daemon off;`` keeps the master in the foreground as the process
     the test started. No ``user`` directive: as root, workers drop to nginx's default user (nobody),
     which needs no file access to answer ``return``; as non-root the directive would only draw a warning.
+
+    With ``prefix=None`` every path is relative (nginx resolves it against its ``-p`` prefix), so the
+    same text serves several pods, as one ConfigMap does; ``listen=""`` then listens on all addresses
+    of the pod's own network namespace.
     """
-    prefix = Path(prefix).resolve()
+    where = f"{Path(prefix).resolve()}/" if prefix is not None else ""
+    address = f"{listen}:{port}" if listen else str(port)
     return f"""\
 # rendered by tests/e2e/apps.py
 daemon off;
 master_process on;
 worker_processes 1;
-pid {prefix}/nginx.pid;
-lock_file {prefix}/nginx.lock;
-error_log {prefix}/error.log notice;
+pid {where}nginx.pid;
+lock_file {where}nginx.lock;
+error_log {where}error.log notice;
 
 events {{
     worker_connections 64;
@@ -216,14 +228,14 @@ events {{
 http {{
     access_log off;
     default_type text/plain;
-    client_body_temp_path {prefix}/tmp/client_body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
+    client_body_temp_path {where}tmp/client_body;
+    proxy_temp_path {where}tmp/proxy;
+    fastcgi_temp_path {where}tmp/fastcgi;
+    uwsgi_temp_path {where}tmp/uwsgi;
+    scgi_temp_path {where}tmp/scgi;
 
     server {{
-        listen 127.0.0.1:{port};
+        listen {address};
         location = /health {{
             return {health_status} {_nginx_string(health, "health")};
         }}
@@ -240,15 +252,16 @@ class NginxProc(_Proc):
 
     name = "nginx"
 
-    def __init__(self, prefix: Path, conf_path: Path, port: int) -> None:
+    def __init__(self, prefix: Path, conf_path: Path, port: int, netns: str = "", host: str = "127.0.0.1") -> None:
         self.prefix = prefix
         self.conf_path = conf_path
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
         self.pid_file = prefix / "nginx.pid"
         self.error_log = prefix / "error.log"
         super().__init__(
-            [nginx_bin(), "-p", f"{prefix}/", "-c", str(conf_path)],
+            # `ip netns exec` execs nginx in place, so the pid is still nginx's
+            (["ip", "netns", "exec", netns] if netns else []) + [nginx_bin(), "-p", f"{prefix}/", "-c", str(conf_path)],
             prefix / "nginx.out",
             prefix,
         )
@@ -311,7 +324,9 @@ def _nginx_ready(ngx: NginxProc) -> bool:
     return True
 
 
-def start_nginx(prefix: Path, conf_path: Path, port: int | None = None) -> NginxProc:
+def start_nginx(
+    prefix: Path, conf_path: Path, port: int | None = None, netns: str = "", host: str = "127.0.0.1"
+) -> NginxProc:
     """Start nginx with ``conf_path`` (see :func:`nginx_conf`) and wait until it answers on ``port``.
 
     ``port`` defaults to the one in the conf's ``listen 127.0.0.1:PORT`` line. ``prefix`` holds the pid
@@ -321,7 +336,7 @@ def start_nginx(prefix: Path, conf_path: Path, port: int | None = None) -> Nginx
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     if port is None:
         port = _listen_port(Path(conf_path).read_text())
-    ngx = NginxProc(prefix, Path(conf_path).absolute(), port)  # not resolve(): keep the symlink
+    ngx = NginxProc(prefix, Path(conf_path).absolute(), port, netns, host)  # not resolve(): keep the symlink
     try:
         ngx.wait_until("serving", lambda: _nginx_ready(ngx))
     except BaseException:

@@ -30,21 +30,35 @@ def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0
 
 
 class Sidecar:
-    """One sidecar process; `env` are its RELOAD_* variables (source/target/listen are filled in)."""
+    """One sidecar process; `env` are its RELOAD_* variables (source/target/listen are filled in).
 
-    def __init__(self, source: Path, target: Path, workdir: Path, **env: str) -> None:
-        self.source, self.target, self.workdir = source, target, workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    With `netns`, it runs inside that network namespace (a pod of its own), listening on all of the
+    namespace's addresses at `port`, and the test reaches it at `host`.
+    """
+
+    def __init__(
+        self,
+        source: Path,
+        target: Path,
+        workdir: Path,
+        *,
+        netns: str = "",
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        **env: str,
+    ) -> None:
+        self.source, self.target, self.workdir, self.netns = source, target, workdir, netns
+        self.port = port or free_port()
+        self.url = f"http://{host}:{self.port}"
         self.env = {
             "RELOAD_SOURCE_DIR": str(source),
             "RELOAD_TARGET_DIR": str(target),
-            "RELOAD_LISTEN": f"127.0.0.1:{self.port}",
+            "RELOAD_LISTEN": f"0.0.0.0:{self.port}" if netns else f"127.0.0.1:{self.port}",
             "RELOAD_DEBOUNCE_MS": "50",
             "RELOAD_LOG_LEVEL": "debug",
             **env,
         }
-        self.log_path = workdir / f"sidecar-{self.port}.log"
+        self.log_path = workdir / f"sidecar-{netns or 'lo'}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_healthy: bool = True) -> Sidecar:
@@ -52,7 +66,8 @@ class Sidecar:
         env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "run"],
+                # `ip netns exec` execs in place: the pid stays the sidecar's
+                [*(["ip", "netns", "exec", self.netns] if self.netns else []), sys.executable, "-m", "sidecar", "run"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
