@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("once", help="validate + promote once and exit (initContainer); exit 1 if refused")
     v = sub.add_parser("validate", help="run the configured validators on DIR; exit 1 listing the problems")
     v.add_argument("dir", type=Path)
+    sub.add_parser(
+        "webhook",
+        help="HTTPS ValidatingWebhook: check ConfigMaps annotated reload-sidecar/profile (RELOAD_WEBHOOK_*)",
+    )
     d = sub.add_parser("demo", help="a self-contained demo: volume, sidecar and a tiny app, in a temp dir")
     d.add_argument("--port", type=int, default=9533, help="the sidecar's HTTP port (default 9533)")
     d.add_argument("--no-wait", action="store_true", help="exit after the scripted steps instead of waiting")
@@ -75,6 +79,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return asyncio.run(_validate(settings, args.dir))
     if args.command == "once":
         return asyncio.run(_once(settings))
+    if args.command == "webhook":
+        from .webhook import load_webhook, run_webhook
+
+        try:
+            hook = load_webhook(settings)
+        except SettingsError as e:
+            print(f"reload-sidecar: {e}", file=sys.stderr)
+            return 2
+        return asyncio.run(run_webhook(settings, hook))
     return asyncio.run(run(settings))
 
 
