@@ -186,7 +186,7 @@ async def run(settings: Settings) -> int:
             state,
             metrics,
             make_trigger(settings, session),
-            make_gate(settings, session, state.pod),
+            make_gate(settings, session, state.pod, metrics.peer_requests.inc),
             session,
             HealthCheck.from_settings(settings),
         )

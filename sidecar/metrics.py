@@ -22,6 +22,9 @@ class Metrics:
         )
         self.rollbacks = Counter("reload_sidecar_rollbacks", "Rollbacks to the last good version.", registry=r)
         self.held = Counter("reload_sidecar_held", "Versions held because a peer reported them failed.", registry=r)
+        self.peer_requests = Counter(
+            "reload_sidecar_peer_requests", "Peer /status reads made (waves mode; none while idle).", registry=r
+        )
         self.promotions = Counter("reload_sidecar_promotions", "Versions made live in the target dir.", registry=r)
         self.last_success = Gauge(
             "reload_sidecar_last_reload_success_timestamp_seconds",

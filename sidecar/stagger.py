@@ -16,7 +16,8 @@ import asyncio
 import hashlib
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import aiohttp
@@ -34,6 +35,7 @@ __all__ = [
     "decide",
     "make_gate",
     "ordinal",
+    "Verdict",
     "wave_of",
     "wave_order",
 ]
@@ -117,25 +119,40 @@ def wave_of(rank: int) -> int:
     return (rank + 1).bit_length() - 1
 
 
-Step = Literal["go", "wait", "held"]
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    step: Literal["go", "wait", "held"]
+    why: str
+    # The peers whose next answers can change this verdict: the previous wave.
+    watch: frozenset[str] = frozenset()
 
 
-def decide(version: str, me: str, views: Mapping[str, PeerView], bake_s: float) -> tuple[Step, str]:
-    """Pure decision for one round: go / wait / held, and why (for logs and tests)."""
+def decide(version: str, me: str, views: Mapping[str, PeerView], bake_s: float) -> Verdict:
+    """Pure decision for one round: go, wait or held, why, and which peers to keep reading.
+
+    Only the previous wave is checked: each of its pods went only once every wave before it had baked
+    (by induction, "every lower wave is healthy"), and it holds as soon as it sees a failure, so a hold
+    travels one wave per round without every pod reading the whole fleet.
+    """
     failed = sorted(pod for pod, view in views.items() if view.failed(version))
     if failed:
-        return "held", f"reported failed by {', '.join(failed)}"
+        return Verdict("held", f"reported failed by {', '.join(failed)}")
     order = wave_order(version, set(views) | {me})
     rank = order.index(me)
     wave = wave_of(rank)
+    where = f"wave {wave} (rank {rank} of {len(order)})"
+    previous = order[(1 << wave >> 1) - 1 : (1 << wave) - 1] if wave else []
+    holding = [pod for pod in previous if views[pod].holds(version)]
+    if holding:
+        return Verdict("held", f"{where}: held by {', '.join(holding)}")
     waiting = []
-    for pod in order[: (1 << wave) - 1]:
+    for pod in previous:
         state = views[pod].version_state(version)
         if state is None or state[0] != "healthy" or state[1] < bake_s:
             waiting.append(pod)
     if waiting:
-        return "wait", f"wave {wave} (rank {rank} of {len(order)}) waits for {', '.join(waiting)}"
-    return "go", f"wave {wave} (rank {rank} of {len(order)})"
+        return Verdict("wait", f"{where} waits for {', '.join(waiting)}", frozenset(previous))
+    return Verdict("go", where)
 
 
 class WavesGate:
@@ -151,29 +168,32 @@ class WavesGate:
 
     async def admit_first(self, version: str) -> Decision:
         views = await self.fleet.poll()
-        step, why = decide(version, self.me, views, self.bake_s)
-        if step == "held":
-            log.warning("start_refused_by_fleet", version=version, why=why)
+        if any(view.failed(version) or view.holds(version) for view in views.values()):
+            log.warning("start_refused_by_fleet", version=version)
             return "held"
         return "go"
 
     async def wait(self, version: str) -> Decision:
-        last = ""
+        last, watch = "", None
         while True:
-            step, why = decide(version, self.me, await self.fleet.poll(), self.bake_s)
-            if why != last:
-                log.info("wave_" + step, version=version, why=why)
-                last = why
-            if step != "wait":
-                return step
+            verdict = decide(version, self.me, await self.fleet.poll(watch), self.bake_s)
+            if verdict.why != last:
+                log.info("wave_" + verdict.step, version=version, why=verdict.why)
+                last = verdict.why
+            if verdict.step != "wait":
+                return verdict.step
+            watch = set(verdict.watch)
             await asyncio.sleep(self.poll_s)
 
 
-def make_gate(settings: Settings, session: aiohttp.ClientSession, me: str) -> Gate:
+def make_gate(
+    settings: Settings, session: aiohttp.ClientSession, me: str, on_peer_requests: Callable[[int], object] | None = None
+) -> Gate:
     mode = settings.stagger.mode
     if mode in ("random", "ordinal"):
         return DelayGate(mode, settings.stagger.seconds, settings.pod_name)
     if mode == "waves":
         forget = max(5.0, settings.bake_s)
-        return WavesGate(Fleet(session, settings.peers, me, forget_after_s=forget), me, settings.bake_s)
+        fleet = Fleet(session, settings.peers, me, forget_after_s=forget, on_requests=on_peer_requests)
+        return WavesGate(fleet, me, settings.bake_s)
     return NoGate()
