@@ -1,0 +1,120 @@
+"""`State`: the `/status` document (never file contents) and the state file that survives restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sidecar.snapshot import read_snapshot
+from sidecar.state import STATE_FILE, Refusal, State, load_state, save_state
+
+MARKER = "hunter2-TOP-MARKER-7f3a"
+
+
+def test_status_never_contains_file_contents(tmp_path: Path) -> None:
+    """A `/status` built from a snapshot holding a secret has names and sizes, never the secret itself."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "db.yaml").write_text(f"password: {MARKER}\n")
+    (source / "app.yaml").write_text("a: 1\n")
+    snap = read_snapshot(source)
+    state = State(pod="web-0", current=snap.version, last_good=snap.version)
+    state.files = {name: {"bytes": snap.sizes[name]} for name in snap.files}
+    state.refuse("0123456789abcdef", "db.yaml:1:11: invalid YAML", "validate")
+    text = json.dumps(state.status())
+    assert MARKER not in text
+    assert json.loads(text)["files"] == {"app.yaml": {"bytes": 5}, "db.yaml": {"bytes": 10 + len(MARKER) + 1}}
+
+
+def test_status_document_shape() -> None:
+    """`/status` reports pod, state, readiness, versions and errors as plain JSON values."""
+    state = State(pod="web-1", phase="idle", current="aa", last_good="aa")
+    state.quarantined["bb"] = Refusal("HTTP 500", "verify", at=123.0)
+    state.mark("aa", "healthy")
+    status = json.loads(json.dumps(state.status()))
+    assert status["pod"] == "web-1" and status["state"] == "idle"
+    assert (status["current"], status["last_good"]) == ("aa", "aa")
+    assert status["ready"] is False and status["ready_reason"] == "no version promoted yet"
+    assert status["quarantined"] == {"bb": {"reason": "HTTP 500", "stage": "verify", "at": 123.0}}
+    assert status["versions"]["aa"]["state"] == "healthy"
+    state.ready = True
+    assert state.status()["ready_reason"] is None
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    """last_good and the quarantine survive a restart through the state file, written atomically."""
+    state = State(pod="p", current="c0ffee", last_good="c0ffee")
+    state.quarantined["badbad"] = Refusal("not healthy: HTTP 500 x3", "verify", at=1700000000.5)
+    save_state(tmp_path, state)
+    assert (tmp_path / STATE_FILE).is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]  # no temp file left behind
+    fresh = State(pod="p")
+    assert load_state(tmp_path, fresh) is None
+    assert fresh.last_good == "c0ffee"
+    assert fresh.quarantined == {"badbad": Refusal("not healthy: HTTP 500 x3", "verify", at=1700000000.5)}
+
+
+def test_state_file_is_hidden_from_the_app() -> None:
+    """The state file has a `..` name, like the kubelet's own entries, so no top-level link ever shows it."""
+    assert STATE_FILE.startswith("..")
+
+
+def test_missing_state_file_is_no_problem(tmp_path: Path) -> None:
+    """A first start without a state file loads nothing and reports nothing."""
+    state = State(pod="p")
+    assert load_state(tmp_path, state) is None
+    assert (state.last_good, state.quarantined) == (None, {})
+
+
+def test_corrupt_state_file_is_reported_and_moved_aside(tmp_path: Path) -> None:
+    """An unreadable state file gives a problem string and is renamed `.corrupt` so the next start is clean."""
+    (tmp_path / STATE_FILE).write_text('{"last_good": "abc", "quarantined": {')
+    state = State(pod="p")
+    problem = load_state(tmp_path, state)
+    assert problem is not None
+    assert problem.startswith(f"state file {tmp_path / STATE_FILE} unreadable (")
+    assert problem.endswith("starting without it")
+    assert not (tmp_path / STATE_FILE).exists()
+    assert (tmp_path / (STATE_FILE + ".corrupt")).read_text().startswith('{"last_good"')
+    assert state.quarantined == {} and state.last_good is None
+    assert load_state(tmp_path, state) is None
+
+
+def test_wrong_shape_state_file_is_reported(tmp_path: Path) -> None:
+    """Valid JSON of the wrong shape (a list; a quarantine entry with unknown fields) is a problem too."""
+    for content in ("[1, 2]", '{"quarantined": {"v": {"why": "x"}}}', '{"quarantined": {"v": "x"}}'):
+        (tmp_path / STATE_FILE).write_text(content)
+        problem = load_state(tmp_path, State(pod="p"))
+        assert problem is not None and "unreadable" in problem, content
+        assert not (tmp_path / STATE_FILE).exists()
+        os.unlink(tmp_path / (STATE_FILE + ".corrupt"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG state.load_state: last_good is assigned before the quarantine is parsed, so a file rejected as "
+    "unreadable ('starting without it') still leaves its last_good in the state",
+)
+def test_rejected_state_file_leaves_the_state_untouched(tmp_path: Path) -> None:
+    """A state file rejected as unreadable contributes nothing, not even the fields read before the error."""
+    (tmp_path / STATE_FILE).write_text('{"last_good": "abc", "quarantined": {"v": "not a refusal"}}')
+    state = State(pod="p")
+    assert load_state(tmp_path, state) is not None
+    assert state.last_good is None
+
+
+def test_refused_versions_are_bounded() -> None:
+    """Refusing many versions keeps only the newest 50, and records the last error."""
+    state = State(pod="p")
+    for i in range(60):
+        state.refuse(f"v{i:02}", f"reason {i}", "validate")
+    assert len(state.refused) == 50
+    assert "v00" not in state.refused and "v09" not in state.refused
+    assert "v10" in state.refused and "v59" in state.refused
+    assert state.refused["v59"].reason == "reason 59" and state.refused["v59"].stage == "validate"
+    assert state.last_error == "version v59 refused at validate: reason 59"
+    assert len(state.versions) <= 50 and state.versions["v59"][0] == "failed"
+    assert len(json.dumps(state.status())) < 20_000
