@@ -23,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
+from sidecar.webhook import load_profiles
 from tests.e2e.apps import nginx_bin, nginx_conf
 from tests.e2e.webhook_proc import Webhook, issue, make_ca, review
 from tests.kubelet import project
@@ -278,3 +280,13 @@ def test_bad_profiles_file_is_a_startup_error_listing_every_problem(pki: Path, t
     assert "profiles.e: command: 'no-such-checker-xyz' not found on PATH" in err, err
     assert "missing.crt" in err and "cannot load the pair" in err, err
     assert "Traceback" not in err
+
+
+def test_manifest_profiles_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profiles ConfigMap in manifests/webhook/ is a valid profiles file (yaml and nginx profiles)."""
+    manifest = Path(__file__).resolve().parents[2] / "manifests" / "webhook" / "profiles.yaml"
+    (tmp_path / "profiles.yaml").write_text(yaml.safe_load(manifest.read_text())["data"]["profiles.yaml"])
+    monkeypatch.setenv("PATH", os.environ.get("PATH", "") + os.pathsep + str(Path(nginx_bin()).parent))
+    profiles = load_profiles(tmp_path / "profiles.yaml")
+    assert sorted(profiles) == ["nginx", "yaml"]
+    assert profiles["nginx"].checks.command[:2] == ("nginx", "-t") and profiles["nginx"].checks.timeout_s == 5
