@@ -51,6 +51,7 @@ def promote(snapshot: Snapshot, target: Path, *, fsync: bool = True) -> bool:
         if current_version(target) == snapshot.version and version_dir(target, snapshot.version).is_dir():
             _sync_links(target, snapshot)
             return False
+        _check_top_links(target, _top_level(snapshot))
         _write_version(target, snapshot, fsync)
         _swap(target, f"{_PREFIX}{snapshot.version}", DATA)
         _sync_links(target, snapshot)
@@ -66,6 +67,7 @@ def activate(target: Path, version: str) -> None:
     vdir = version_dir(target, version)
     try:
         top_level = {entry.name for entry in os.scandir(vdir)}
+        _check_top_links(target, top_level)
         _swap(target, f"{_PREFIX}{version}", DATA)
         _sync_top_links(target, top_level)
         _fsync_dir(target)
@@ -79,13 +81,17 @@ def _write_version(target: Path, snapshot: Snapshot, fsync: bool) -> None:
         os.utime(final)
         return
     tmp = target / f"..tmp-{snapshot.version}-{secrets.token_hex(4)}"
-    tmp.mkdir(mode=0o755)
+    dirs = [tmp]
+    _mkdir(tmp)
     for name, data in snapshot.files.items():
         path = tmp / name
-        if "/" in name:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        for parent in reversed(path.relative_to(tmp).parents[:-1]):
+            if not (tmp / parent).is_dir():
+                _mkdir(tmp / parent)
+                dirs.append(tmp / parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
+            os.fchmod(fd, 0o644)  # explicit, like the kubelet: the umask must not hide files from the app
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -94,8 +100,14 @@ def _write_version(target: Path, snapshot: Snapshot, fsync: bool) -> None:
         finally:
             os.close(fd)
     if fsync:
-        _fsync_dir(tmp)
+        for directory in reversed(dirs):
+            _fsync_dir(directory)
     os.rename(tmp, final)
+
+
+def _mkdir(path: Path) -> None:
+    path.mkdir()
+    path.chmod(0o755)
 
 
 def _swap(target: Path, link_to: str, name: str) -> None:
@@ -106,8 +118,20 @@ def _swap(target: Path, link_to: str, name: str) -> None:
     os.replace(tmp, target / name)
 
 
+def _top_level(snapshot: Snapshot) -> set[str]:
+    return {name.split("/", 1)[0] for name in snapshot.files}
+
+
 def _sync_links(target: Path, snapshot: Snapshot) -> None:
-    _sync_top_links(target, {name.split("/", 1)[0] for name in snapshot.files})
+    _sync_top_links(target, _top_level(snapshot))
+
+
+def _check_top_links(target: Path, top_level: set[str]) -> None:
+    """Refuse before anything changes if a top-level link would have to replace something not ours."""
+    for name in top_level:
+        link = target / name
+        if not link.is_symlink() and os.path.lexists(link):
+            raise PromoteError(f"{link} exists and is not our symlink; refusing to replace it")
 
 
 def _sync_top_links(target: Path, top_level: set[str]) -> None:
@@ -118,11 +142,9 @@ def _sync_top_links(target: Path, top_level: set[str]) -> None:
         ours = entry.is_symlink() and os.readlink(entry.path).startswith(f"{DATA}/")
         if entry.name not in top_level and ours:
             os.unlink(entry.path)
+    _check_top_links(target, top_level)
     for name in top_level:
-        link = target / name
-        if not link.is_symlink():
-            if link.exists():
-                raise PromoteError(f"{link} exists and is not our symlink; refusing to replace it")
+        if not (target / name).is_symlink():
             _swap(target, f"{DATA}/{name}", name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import signal as _signal
@@ -155,7 +156,7 @@ def _number(kind: type[int] | type[float], lo: float, hi: float | None = None) -
             value = kind(raw)
         except ValueError:
             raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
-        if value < lo or (hi is not None and value > hi):
+        if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
             raise ValueError(f"expected a value in [{lo:g}, {'inf' if hi is None else f'{hi:g}'}]")
         return value
 

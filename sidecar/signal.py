@@ -109,8 +109,9 @@ class SignalTrigger:
                 raw = self.pidfile.read_text().strip()
             except OSError as e:
                 raise TriggerError(f"cannot read pidfile {self.pidfile}: {e.strerror}; is the app running?") from e
-            if not raw.isdigit():
-                raise TriggerError(f"pidfile {self.pidfile} holds {raw[:40]!r}, not a pid")
+            if not raw.isdigit() or int(raw) <= 0 or int(raw) == os.getpid():
+                # 0 would signal our own process group: never a valid app pid
+                raise TriggerError(f"pidfile {self.pidfile} holds {raw[:40]!r}, not the app's pid")
             return int(raw)
         pid = find_process(self.process)
         if pid is None:

@@ -163,10 +163,19 @@ def _read(
 def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path]]:
     """(relative name, path) of every entry that should be a file; problems for what may not be read."""
     out: list[tuple[str, Path]] = []
-    seen: set[tuple[int, int]] = set()
-    todo: list[tuple[Path, str, int]] = [(root, "", 0)]
+    root_st = os.stat(root)
+    # Each directory carries its ancestors' identities: a loop is a directory that is its own ancestor.
+    # A second link to a sibling is no loop and is walked again; `_MAX_FILES` bounds the directories.
+    todo: list[tuple[Path, str, frozenset[tuple[int, int]]]] = [
+        (root, "", frozenset({(root_st.st_dev, root_st.st_ino)}))
+    ]
+    dirs = 0
     while todo:
-        directory, prefix, depth = todo.pop()
+        directory, prefix, ancestors = todo.pop()
+        dirs += 1
+        if dirs > _MAX_FILES:
+            problems.append(f"more than {_MAX_FILES} directories; refusing the rest")
+            break
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except FileNotFoundError as e:
@@ -182,11 +191,11 @@ def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path
             if st is None:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                if depth >= _MAX_DEPTH or (st.st_dev, st.st_ino) in seen:
+                ident = (st.st_dev, st.st_ino)
+                if len(ancestors) > _MAX_DEPTH or ident in ancestors:
                     problems.append(f"{rel}: directory nesting too deep or a symlink loop; refused")
                     continue
-                seen.add((st.st_dev, st.st_ino))
-                todo.append((path, rel + "/", depth + 1))
+                todo.append((path, rel + "/", ancestors | {ident}))
             elif stat.S_ISREG(st.st_mode):
                 out.append((rel, path))
             else:

@@ -126,8 +126,11 @@ def load_state(target: Path, state: State) -> str | None:
     path = target / STATE_FILE
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        state.last_good = doc.get("last_good")
-        state.quarantined = {v: Refusal(**r) for v, r in doc.get("quarantined", {}).items()}
+        quarantined = {v: Refusal(**r) for v, r in doc.get("quarantined", {}).items()}
+        last_good = doc.get("last_good")
+        if last_good is not None and not isinstance(last_good, str):
+            raise TypeError("last_good is not a version hash")
+        state.last_good, state.quarantined = last_good, quarantined
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, AttributeError) as e:

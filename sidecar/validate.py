@@ -14,7 +14,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,10 @@ def check_parse(files: dict[str, bytes], specs: Iterable[ValidatorSpec]) -> list
     """Parse problems for every file that the validators give a format to, plus schema violations."""
     specs = tuple(specs)
     formats = _formats(files, specs)
-    schemas = [_load_schema(s.schema_path) for s in specs if s.kind == "schema" and s.schema_path]
+    try:
+        schemas = [_load_schema(s.schema_path) for s in specs if s.kind == "schema" and s.schema_path]
+    except _Problem as e:
+        return [f"schema:{e}"]
     problems: list[str] = []
     for name, fmt in formats.items():
         try:
@@ -119,14 +122,15 @@ def _decode(data: bytes) -> str:
         raise _Problem(f"{line}: invalid UTF-8 at byte {e.start}") from e
 
 
-Locate = Callable[[list[Any]], str]
+# (document index, JSON path) -> line number as text, or "" when unknown
+Locate = Callable[[int, list[Any]], str]
 
 
 def _parse(data: bytes, fmt: _Format) -> tuple[list[Any], Locate]:
     text = _decode(data)
     if fmt == "json":
         try:
-            return [json.loads(text)], lambda path: ""
+            return [json.loads(text)], lambda index, path: _json_line(text, path)
         except json.JSONDecodeError as e:
             raise _Problem(f"{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
         except RecursionError as e:
@@ -154,7 +158,7 @@ def _parse_yaml(text: str) -> tuple[list[Any], Locate]:
         raise _Problem(f"{where}: invalid YAML: {e.problem or e.context}") from e
     except yaml.YAMLError as e:
         raise _Problem(f" invalid YAML: {e}") from e
-    return docs, lambda path: _yaml_line(nodes, path)
+    return docs, lambda index, path: _yaml_line(nodes, index, path)
 
 
 def _check_depth(text: str) -> None:
@@ -205,10 +209,18 @@ def _expanded_size(nodes: list[yaml.Node]) -> int:
     return total
 
 
-def _yaml_line(nodes: list[yaml.Node], path: list[Any]) -> str:
-    if not nodes:
+def _json_line(text: str, path: list[Any]) -> str:
+    """Line of a JSON value, found on demand (only for schema problems) by composing the text as YAML."""
+    try:
+        return _yaml_line([yaml.compose(text, Loader=_Loader)], 0, path)
+    except (yaml.YAMLError, RecursionError):
+        return ""  # JSON that YAML cannot read (e.g. tabs): the JSON path alone still locates the value
+
+
+def _yaml_line(nodes: Sequence[yaml.Node | None], index: int, path: list[Any]) -> str:
+    if index >= len(nodes) or nodes[index] is None:
         return ""
-    node: yaml.Node = nodes[0]
+    node: Any = nodes[index]
     for part in path:
         if isinstance(node, yaml.MappingNode):
             found = next((v for k, v in node.value if str(k.value) == str(part)), None)
@@ -240,11 +252,11 @@ def _schema_problems(name: str, docs: list[Any], schema: dict[str, Any], locate:
     validator = cls(schema)
     out: list[str] = []
     try:
-        for doc in docs:
+        for index, doc in enumerate(docs):
             for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
                 path = list(err.absolute_path)
                 where = "/".join(str(p) for p in path) or "(root)"
-                out.append(f"{name}:{locate(path)}: schema: at {where}: {err.message[:300]}")
+                out.append(f"{name}:{locate(index, path)}: schema: at {where}: {err.message[:300]}")
     except RecursionError:
         out.append(f"{name}: schema: document nested too deep to check")
     return out
@@ -296,12 +308,19 @@ async def run_command(
 
 
 async def _read_capped(proc: asyncio.subprocess.Process) -> bytes:
+    """The output's head and tail within `_OUTPUT_CAP` bytes: checkers print their verdict last."""
     assert proc.stdout is not None  # noqa: S101 - created with stdout=PIPE
-    buf = bytearray()
+    head, tail, dropped = bytearray(), bytearray(), False
     while chunk := await proc.stdout.read(65536):
-        if len(buf) < _OUTPUT_CAP:
-            buf += chunk[: _OUTPUT_CAP - len(buf)]
-    return bytes(buf)
+        room = _OUTPUT_CAP // 4 - len(head)
+        if room > 0:
+            head += chunk[:room]
+            chunk = chunk[room:]
+        tail += chunk
+        if len(tail) > _OUTPUT_CAP:
+            del tail[: len(tail) - _OUTPUT_CAP]
+            dropped = True
+    return bytes(head + (b"\n...\n" if dropped else b"") + tail)
 
 
 def _kill_group(pid: int) -> None:

@@ -134,11 +134,6 @@ def test_file_in_the_way_of_a_link_raises(target: Path) -> None:
     assert (target / "app.yaml").read_text() == "someone else's"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG promote.promote: _sync_links runs after the ..data swap, so when it raises PromoteError "
-    "..data already points at the new version (contrary to PromoteError's contract)",
-)
 def test_failed_promotion_keeps_the_previous_version(target: Path) -> None:
     """When promotion fails (a file in the way of a new link), `..data` still points at the previous version."""
     v1 = _snap({"a": "1"})
@@ -160,11 +155,6 @@ def test_file_modes_are_0644(target: Path, umask_022: None) -> None:
     assert os.stat(vdir / "conf.d").st_mode & 0o777 == 0o755
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG promote._write_version: modes come from os.open/mkdir and are narrowed by the process umask "
-    "(0600/0700 under umask 077); the kubelet chmods explicitly",
-)
 def test_file_modes_do_not_depend_on_the_umask(target: Path) -> None:
     """Even under a strict umask the app (another UID) can read the promoted files."""
     old = os.umask(0o077)

@@ -373,7 +373,7 @@ async def test_garbage_pidfile(tmp_path: Path, content: str) -> None:
     path.write_text(content)
     with pytest.raises(TriggerError) as exc:
         await SignalTrigger(signal.SIGHUP, pidfile=path).fire()
-    assert str(exc.value) == f"pidfile {path} holds {content.strip()!r}, not a pid"
+    assert str(exc.value) == f"pidfile {path} holds {content.strip()!r}, not the app's pid"
 
 
 async def test_dead_pid(tmp_path: Path) -> None:
@@ -399,11 +399,6 @@ sys.exit(3)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG signal.SignalTrigger._pid: '0' passes isdigit(), and kill(0, sig) signals the sidecar's own "
-    "process group (the sidecar dies of SIGHUP)",
-)
 def test_pid_zero_in_pidfile_is_refused(tmp_path: Path) -> None:
     """A pidfile holding 0 is refused instead of signalling the sidecar's own process group."""
     # Run in a child with its own session: kill(0, ...) would otherwise hit the test runner.

@@ -6,8 +6,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 from sidecar.snapshot import read_snapshot
 from sidecar.state import STATE_FILE, Refusal, State, load_state, save_state
 
@@ -93,11 +91,6 @@ def test_wrong_shape_state_file_is_reported(tmp_path: Path) -> None:
         os.unlink(tmp_path / (STATE_FILE + ".corrupt"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG state.load_state: last_good is assigned before the quarantine is parsed, so a file rejected as "
-    "unreadable ('starting without it') still leaves its last_good in the state",
-)
 def test_rejected_state_file_leaves_the_state_untouched(tmp_path: Path) -> None:
     """A state file rejected as unreadable contributes nothing, not even the fields read before the error."""
     (tmp_path / STATE_FILE).write_text('{"last_good": "abc", "quarantined": {"v": "not a refusal"}}')

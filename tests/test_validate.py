@@ -237,21 +237,12 @@ def test_schema_violation_in_json_names_file_and_path(schema_file: Path) -> None
     assert problems[0].startswith("cfg.json:") and "at server/port: 'x' is not of type 'integer'" in problems[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG validate._parse: JSON is parsed without positions, so schema problems in .json files have no "
-    "line number ('cfg.json:: schema: ...')",
-)
 def test_schema_violation_in_json_has_a_line_number(schema_file: Path) -> None:
     """A schema violation in a JSON file carries the line of the offending value, like YAML does."""
     problems = check_parse({"cfg.json": b'{\n  "server": {"port": "x"}\n}\n'}, (ValidatorSpec("schema", schema_file),))
     assert problems == ["cfg.json:2: schema: at server/port: 'x' is not of type 'integer'"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG validate._yaml_line: the line is always looked up in the first document of a multi-document file",
-)
 def test_schema_violation_in_second_yaml_document_has_its_line(schema_file: Path) -> None:
     """A violation in the second document of a YAML stream is reported at that document's line."""
     doc = b"server:\n  port: 80\n---\nserver:\n  port: eighty\n"
@@ -259,11 +250,6 @@ def test_schema_violation_in_second_yaml_document_has_its_line(schema_file: Path
     assert problems == ["app.yaml:5: schema: at server/port: 'eighty' is not of type 'integer'"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG validate.check_parse: _load_schema runs outside the try, so an unreadable schema raises "
-    "the private _Problem instead of returning a problem",
-)
 def test_unreadable_schema_is_a_problem_not_an_exception(tmp_path: Path) -> None:
     """A schema file that is not valid JSON gives a problem naming the schema, not an exception."""
     schema = tmp_path / "schema.json"
@@ -372,11 +358,6 @@ async def test_long_output_is_trimmed(tmp_path: Path) -> None:
     assert len(reason) < 1700
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG validate._read_capped keeps the first 64 KiB of output, so past that the checker's last lines "
-    "(where nginx -t / promtool print the verdict) are lost although _trim means to keep the tail",
-)
 async def test_output_over_the_cap_keeps_its_last_line(tmp_path: Path) -> None:
     """Output longer than the capture cap still ends the reason with the checker's last line."""
     script = "import sys\nfor i in range(6000): print(f'warning line {i}')\nprint('test failed')\nsys.exit(1)\n"
