@@ -29,6 +29,7 @@ __all__ = ["Checks", "Verdict", "check_parse", "run_command", "stage_files", "va
 MAX_DEPTH = 64
 MAX_NODES = 250_000
 _OUTPUT_CAP = 64 * 1024
+_OUTPUT_GRACE_S = 0.5
 _REASON_CHARS = 1500
 _MAX_PROBLEMS = 20
 
@@ -289,38 +290,61 @@ async def run_command(
             )
         except OSError as e:
             return [f"checker {argv[0]!r} cannot be started: {e.strerror or e}"]
+        captured = _Capture()
+        reader = asyncio.ensure_future(captured.read(proc))
         try:
-            output = await asyncio.wait_for(_read_capped(proc), timeout_s)
-            code = await proc.wait()
+            code = await asyncio.wait_for(_exit_code(proc), timeout_s)
+            # A child the checker left behind may hold the pipe open: the rest is not worth waiting for.
+            await asyncio.wait({reader}, timeout=_OUTPUT_GRACE_S)
         except TimeoutError:
-            _kill_group(proc.pid)
-            await proc.wait()
-            return [f"checker {argv[0]!r} did not finish within {timeout_s:g} s (RELOAD_VALIDATE_TIMEOUT_S); killed"]
-        except asyncio.CancelledError:
-            _kill_group(proc.pid)
-            raise
+            why = f"did not finish within {timeout_s:g} s (RELOAD_VALIDATE_TIMEOUT_S); killed"
+            return [f"checker {argv[0]!r} {why}"]
+        finally:
+            _kill_group(proc.pid)  # the checker and anything it left running
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await asyncio.shield(proc.wait())
         if code == 0:
             return []
-        text = output.decode("utf-8", "replace").replace(f"{stage}/", "").replace(str(stage), "<candidate>")
+        text = captured.text().replace(f"{stage}/", "").replace(str(stage), "<candidate>")
         return [f"checker {argv[0]!r} exited {code}: {_trim(text)}"]
     finally:
         await asyncio.to_thread(shutil.rmtree, stage, True)
 
 
-async def _read_capped(proc: asyncio.subprocess.Process) -> bytes:
-    """The output's head and tail within `_OUTPUT_CAP` bytes: checkers print their verdict last."""
-    assert proc.stdout is not None  # noqa: S101 - created with stdout=PIPE
-    head, tail, dropped = bytearray(), bytearray(), False
-    while chunk := await proc.stdout.read(65536):
-        room = _OUTPUT_CAP // 4 - len(head)
-        if room > 0:
-            head += chunk[:room]
-            chunk = chunk[room:]
-        tail += chunk
-        if len(tail) > _OUTPUT_CAP:
-            del tail[: len(tail) - _OUTPUT_CAP]
-            dropped = True
-    return bytes(head + (b"\n...\n" if dropped else b"") + tail)
+async def _exit_code(proc: asyncio.subprocess.Process) -> int:
+    """The exit status, even while a child the checker left behind holds its output pipe open
+    (Python 3.11's `Process.wait()` returns only once every pipe is closed)."""
+    waiter = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None:
+            await asyncio.wait({waiter}, timeout=0.05)
+        return proc.returncode
+    finally:
+        waiter.cancel()
+
+
+class _Capture:
+    """The head and tail of a checker's output within `_OUTPUT_CAP` bytes: checkers print their verdict last."""
+
+    def __init__(self) -> None:
+        self.head, self.tail, self.dropped = bytearray(), bytearray(), False
+
+    async def read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None  # noqa: S101 - created with stdout=PIPE
+        while chunk := await proc.stdout.read(65536):
+            room = _OUTPUT_CAP // 4 - len(self.head)
+            if room > 0:
+                self.head += chunk[:room]
+                chunk = chunk[room:]
+            self.tail += chunk
+            if len(self.tail) > _OUTPUT_CAP:
+                del self.tail[: len(self.tail) - _OUTPUT_CAP]
+                self.dropped = True
+
+    def text(self) -> str:
+        return (self.head + (b"\n...\n" if self.dropped else b"") + self.tail).decode("utf-8", "replace")
 
 
 def _kill_group(pid: int) -> None:

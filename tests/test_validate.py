@@ -426,3 +426,32 @@ async def test_checker_runs_in_its_own_session(tmp_path: Path) -> None:
     assert await run_command((PY, "-c", script, str(marker), "{dir}"), {"a": b"1"}, 5.0, tmp_path) == []
     pid, sid = marker.read_text().split()
     assert pid == sid and int(sid) != os.getsid(0)
+
+
+async def test_checker_that_leaves_a_child_holding_its_output_is_judged_by_its_exit(tmp_path: Path) -> None:
+    """A checker that exits while a child it started keeps the output pipe open is judged at once by its
+    exit status (not reported as hanging), and the child is killed with the checker's process group."""
+    pidfile = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen(['sleep', '30']); open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "print('checked: bad'); sys.exit(1)\n"
+    )
+    started = time.monotonic()
+    problems = await run_command((PY, "-c", script, "{dir}"), {"a": b"1"}, 10.0, tmp_path)
+    assert time.monotonic() - started < 5
+    assert problems == [f"checker {PY!r} exited 1: checked: bad"]
+    child = int(pidfile.read_text())  # noqa: ASYNC240 - a tiny file the test just made
+    for _ in range(100):
+        if _gone(child):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the checker's leftover child is still running")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
