@@ -1,0 +1,371 @@
+"""The Kubernetes examples in manifests/ keep the promises the README makes about them.
+
+Every YAML file under manifests/ is read (alerts/ holds a Prometheus rules file, not Kubernetes objects).
+A "sidecar" is a container running a reload-sidecar image; the "app" is every other container of its pod.
+Schema validation (kubernetes-validate, kustomize) and yamllint run in .ci/run; these tests check what a
+schema cannot: which container mounts what, who can signal whom, and that every RELOAD_* value parses.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sidecar.settings import ENV_VARS, Settings
+from sidecar.snapshot import read_snapshot
+from sidecar.validate import Checks, validate
+from tests.e2e.apps import nginx_bin, promtool_bin
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
+CONFIG_SOURCES = ("configMap", "secret", "projected")
+
+
+def _documents() -> list[tuple[Path, dict[str, Any]]]:
+    out: list[tuple[Path, dict[str, Any]]] = []
+    for path in sorted([*MANIFESTS.rglob("*.yaml"), *MANIFESTS.rglob("*.yml")]):
+        if "alerts" in path.relative_to(MANIFESTS).parts:
+            continue
+        with path.open() as f:
+            out.extend((path, doc) for doc in yaml.safe_load_all(f) if doc)
+    return out
+
+
+DOCS = _documents()
+
+
+@dataclass
+class Pod:
+    """One workload's pod template, with its sidecars told apart from the app containers."""
+
+    name: str
+    kind: str
+    source: Path
+    metadata: dict[str, Any]
+    spec: dict[str, Any]
+
+    @property
+    def init_containers(self) -> list[dict[str, Any]]:
+        return list(self.spec.get("initContainers", []))
+
+    @property
+    def containers(self) -> list[dict[str, Any]]:
+        return list(self.spec.get("containers", []))
+
+    def ours(self) -> list[dict[str, Any]]:
+        return [c for c in self.init_containers + self.containers if _is_ours(c)]
+
+    def sidecars(self) -> list[dict[str, Any]]:
+        return [c for c in self.init_containers + self.containers if _is_sidecar(c)]
+
+    def runners(self) -> list[dict[str, Any]]:
+        """Sidecars running `reload-sidecar run` (the image's default command)."""
+        return [c for c in self.sidecars() if _command(c) == "run"]
+
+    def apps(self) -> list[dict[str, Any]]:
+        return [c for c in self.init_containers + self.containers if not _is_sidecar(c)]
+
+    def volume(self, name: str) -> dict[str, Any]:
+        return next(v for v in self.spec.get("volumes", []) if v["name"] == name)
+
+
+def _is_ours(container: dict[str, Any]) -> bool:
+    """Runs a reload-sidecar image (any variant, any registry), whatever the command."""
+    image = str(container.get("image", ""))
+    return image.rsplit("/", 1)[-1].startswith("reload-sidecar")
+
+
+def _is_sidecar(container: dict[str, Any]) -> bool:
+    """Runs our image as a sidecar (`run`, or `once` as an initContainer), not e.g. as the webhook server."""
+    return _is_ours(container) and _command(container) in ("run", "once")
+
+
+def _command(container: dict[str, Any]) -> str:
+    args = container.get("args") or ["run"]
+    return str(args[0])
+
+
+def _pods() -> list[Pod]:
+    return [
+        Pod(
+            doc["metadata"]["name"],
+            doc["kind"],
+            path,
+            doc["spec"]["template"]["metadata"],
+            doc["spec"]["template"]["spec"],
+        )
+        for path, doc in DOCS
+        if doc.get("kind") in WORKLOAD_KINDS
+    ]
+
+
+PODS = _pods()
+PODS_WITH_SIDECAR = [p for p in PODS if p.sidecars()]
+PODS_OF_OURS = [p for p in PODS if p.ours()]
+
+
+def _env(pod: Pod, container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: downward-API values stood in by plausible
+    ones, `$(VAR)` references to earlier variables expanded."""
+    stand_ins = {
+        "metadata.name": f"{pod.name}-0" if pod.kind == "StatefulSet" else f"{pod.name}-7d4b9c-x2k8q",
+        "metadata.namespace": "shop",
+        "status.podIP": "10.0.0.7",
+    }
+    env: dict[str, str] = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = re.sub(r"\$\(([A-Za-z_]\w*)\)", lambda m: env.get(m[1], m[0]), var["value"])
+        else:
+            env[var["name"]] = stand_ins[var["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def _settings(pod: Pod, container: dict[str, Any]) -> Settings:
+    return Settings.from_env(_env(pod, container))
+
+
+def _mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
+    mounts: list[dict[str, Any]] = [
+        m for m in container.get("volumeMounts", []) if m["mountPath"].rstrip("/") == path.rstrip("/")
+    ]
+    assert mounts, f"{container['name']}: nothing mounted at {path}"
+    return mounts[0]
+
+
+def _security(pod: Pod, container: dict[str, Any], key: str) -> Any:
+    """A securityContext setting as in force: the container's own, else the pod's."""
+    own = container.get("securityContext", {})
+    return own[key] if key in own else pod.spec.get("securityContext", {}).get(key)
+
+
+def _port_number(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return int(next(p["containerPort"] for p in container.get("ports", []) if p.get("name") == port))
+
+
+def _ids(pods: list[Pod]) -> list[str]:
+    return [f"{p.source.relative_to(MANIFESTS)}:{p.kind}/{p.name}" for p in pods]
+
+
+def test_every_example_is_there() -> None:
+    """The README's examples exist: native-sidecar nginx, Prometheus StatefulSet, waves, once + regular sidecar."""
+    commands = {(p.kind, _command(c), c in p.init_containers) for p in PODS_WITH_SIDECAR for c in p.sidecars()}
+    assert ("Deployment", "run", True) in commands
+    assert ("StatefulSet", "run", True) in commands
+    assert ("Deployment", "once", True) in commands
+    assert ("Deployment", "run", False) in commands
+    staggers = {_env(p, c).get("RELOAD_STAGGER", "none").split(":")[0] for p in PODS for c in p.runners()}
+    assert {"none", "ordinal", "waves"} <= staggers
+    kinds = {doc["kind"] for _, doc in DOCS}
+    assert {"ConfigMap", "PodDisruptionBudget", "Service", "ServiceMonitor"} <= kinds
+
+
+@pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
+def test_app_never_mounts_the_config_volume(pod: Pod) -> None:
+    """The source volume is a ConfigMap/Secret mounted read-only by the sidecars alone; the app reads the emptyDir."""
+    for sidecar in pod.sidecars():
+        env = _env(pod, sidecar)
+        source = _mount_of(sidecar, env["RELOAD_SOURCE_DIR"])
+        target = _mount_of(sidecar, env["RELOAD_TARGET_DIR"])
+        assert source.get("readOnly") is True, f"{sidecar['name']} must mount the config read-only"
+        assert any(k in pod.volume(source["name"]) for k in CONFIG_SOURCES)
+        assert "emptyDir" in pod.volume(target["name"])
+        for app in pod.apps():
+            assert source["name"] not in {m["name"] for m in app.get("volumeMounts", [])}, app["name"]
+    target_volumes = {_mount_of(s, _env(pod, s)["RELOAD_TARGET_DIR"])["name"] for s in pod.sidecars()}
+    for app in pod.apps():
+        reads = [m for m in app.get("volumeMounts", []) if m["name"] in target_volumes]
+        assert reads, f"{app['name']} does not mount the sidecar's target volume"
+        assert all(m.get("readOnly") is True for m in reads), f"{app['name']} should read the target read-only"
+
+
+@pytest.mark.parametrize("pod", PODS_OF_OURS, ids=_ids(PODS_OF_OURS))
+def test_sidecar_runs_non_root_on_a_read_only_root(pod: Pod) -> None:
+    """Every container of our image: non-root, read-only root, no privilege escalation, no capabilities, seccomp."""
+    for sidecar in pod.ours():
+        ctx = sidecar.get("securityContext", {})
+        assert _security(pod, sidecar, "runAsNonRoot") is True
+        assert _security(pod, sidecar, "runAsUser") not in (0, None)
+        assert ctx.get("readOnlyRootFilesystem") is True
+        assert ctx.get("allowPrivilegeEscalation") is False
+        assert ctx.get("capabilities", {}).get("drop") == ["ALL"]
+        assert not ctx.get("capabilities", {}).get("add")
+        seccomp = ctx.get("seccompProfile") or pod.spec.get("securityContext", {}).get("seccompProfile")
+        assert seccomp == {"type": "RuntimeDefault"}
+        assert sidecar.get("resources", {}).get("limits", {}).get("memory"), "a memory limit"
+
+
+@pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
+def test_probes_point_at_the_sidecar_endpoints(pod: Pod) -> None:
+    """Liveness on /healthz, startup and readiness on /readyz, all on the port RELOAD_LISTEN serves."""
+    for sidecar in pod.runners():
+        listen = _settings(pod, sidecar).listen[1]
+        probes = {"livenessProbe": "/healthz", "startupProbe": "/readyz", "readinessProbe": "/readyz"}
+        for probe, path in probes.items():
+            get = sidecar[probe]["httpGet"]
+            assert get["path"] == path, f"{sidecar['name']} {probe}"
+            assert _port_number(sidecar, get["port"]) == listen, f"{sidecar['name']} {probe} port"
+
+
+@pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
+def test_native_sidecar_starts_before_the_app(pod: Pod) -> None:
+    """A `run` sidecar in initContainers is native (restartPolicy: Always); a `once` one runs to completion."""
+    for sidecar in pod.init_containers:
+        if not _is_sidecar(sidecar):
+            continue
+        if _command(sidecar) == "run":
+            assert sidecar.get("restartPolicy") == "Always", f"{sidecar['name']} would block the pod forever"
+            assert sidecar["startupProbe"]["httpGet"]["path"] == "/readyz"
+        else:
+            assert "restartPolicy" not in sidecar
+    for sidecar in pod.containers:
+        if _is_sidecar(sidecar):
+            once = [c for c in pod.init_containers if _is_sidecar(c) and _command(c) == "once"]
+            assert once, "a regular-container sidecar needs a `once` initContainer so the app starts on a good version"
+
+
+def test_every_env_var_is_a_setting() -> None:
+    """Every RELOAD_* variable in any manifest is one Settings reads (a typo would be silently ignored)."""
+    used = {
+        var["name"]
+        for pod in PODS
+        for c in pod.init_containers + pod.containers
+        for var in c.get("env", [])
+        if var["name"].startswith("RELOAD_")
+    }
+    assert used, "no RELOAD_* variable found at all"
+    assert used <= set(ENV_VARS), sorted(used - set(ENV_VARS))
+
+
+@pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
+def test_sidecar_env_parses(pod: Pod) -> None:
+    """Each sidecar's environment (downward API stood in) is accepted by Settings.from_env as written."""
+    for sidecar in pod.sidecars():
+        if _command(sidecar) in ("run", "once"):
+            _settings(pod, sidecar)
+
+
+@pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
+def test_signal_can_reach_the_app(pod: Pod) -> None:
+    """A signal trigger has a shared process namespace and the app's UID (or CAP_KILL), as the kernel requires."""
+    for sidecar in pod.runners():
+        settings = _settings(pod, sidecar)
+        if settings.signal is None:
+            continue
+        assert pod.spec.get("shareProcessNamespace") is True
+        caps = sidecar.get("securityContext", {}).get("capabilities", {}).get("add", [])
+        if "KILL" in caps or "CAP_KILL" in caps:
+            continue
+        uid = _security(pod, sidecar, "runAsUser")
+        app_uids = {_security(pod, app, "runAsUser") for app in pod.apps()}
+        assert app_uids == {uid}, f"sidecar UID {uid} cannot signal the app's {app_uids}"
+
+
+def test_waves_peers_are_a_headless_service_of_the_same_pods() -> None:
+    """RELOAD_PEERS names a headless Service that publishes not-ready pods and selects this very pod."""
+    services = {doc["metadata"]["name"]: doc for _, doc in DOCS if doc.get("kind") == "Service"}
+    seen = 0
+    for pod in PODS:
+        for sidecar in pod.runners():
+            settings = _settings(pod, sidecar)
+            if settings.stagger.mode != "waves":
+                continue
+            seen += 1
+            assert settings.pod_name and settings.peers
+            for peer in settings.peers:
+                host, _, port = peer.rpartition(":")
+                service = services[host.split(".")[0]]["spec"]
+                assert service.get("clusterIP") == "None"
+                assert service.get("publishNotReadyAddresses") is True
+                labels = pod.metadata.get("labels", {})
+                assert all(labels.get(k) == v for k, v in service["selector"].items())
+                assert int(port) in {p["port"] for p in service["ports"]}
+                target = next(p for p in service["ports"] if p["port"] == int(port))["targetPort"]
+                assert _port_number(sidecar, target) == settings.listen[1]
+    assert seen, "no waves example"
+
+
+def test_ordinal_stagger_only_in_statefulsets() -> None:
+    """ordinal:<s> needs stable pod names ending in -<n>: only a StatefulSet has them."""
+    for pod in PODS:
+        for sidecar in pod.runners():
+            if _env(pod, sidecar).get("RELOAD_STAGGER", "").startswith("ordinal:"):
+                assert pod.kind == "StatefulSet", pod.name
+
+
+def test_pdb_and_services_select_existing_pods() -> None:
+    """Every PodDisruptionBudget and Service selects the pods of some example (no dangling selector)."""
+    label_sets = [p.metadata.get("labels", {}) for p in PODS]
+    for path, doc in DOCS:
+        if doc.get("kind") == "PodDisruptionBudget":
+            selector = doc["spec"]["selector"]["matchLabels"]
+        elif doc.get("kind") == "Service":
+            selector = doc["spec"]["selector"]
+        else:
+            continue
+        assert any(all(labels.get(k) == v for k, v in selector.items()) for labels in label_sets), (
+            f"{path.name}: {doc['kind']}/{doc['metadata']['name']}"
+        )
+
+
+def test_kustomization_lists_every_example() -> None:
+    """manifests/kustomization.yaml lists every top-level example file, and only files that exist."""
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    resources = set(kustomization["resources"])
+    for resource in resources:
+        assert (MANIFESTS / resource).exists(), resource
+    examples = {p.name for p in MANIFESTS.glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert examples <= resources, sorted(examples - resources)
+
+
+def _config_maps() -> dict[str, dict[str, str]]:
+    return {doc["metadata"]["name"]: doc["data"] for _, doc in DOCS if doc.get("kind") == "ConfigMap"}
+
+
+def _checked_examples() -> list[tuple[str, str]]:
+    """(pod, ConfigMap) for every sidecar with a checker command."""
+    out = []
+    for pod in PODS:
+        for sidecar in pod.runners():
+            env = _env(pod, sidecar)
+            if env.get("RELOAD_VALIDATE_COMMAND"):
+                volume = pod.volume(_mount_of(sidecar, env["RELOAD_SOURCE_DIR"])["name"])
+                out.append((pod.name, volume["configMap"]["name"]))
+    return out
+
+
+@pytest.mark.parametrize(("pod_name", "config_map"), _checked_examples())
+async def test_example_config_passes_its_own_checker(pod_name: str, config_map: str, tmp_path: Path) -> None:
+    """Each example ConfigMap passes the sidecar's validation with its real checker, and a broken copy does not."""
+    pod = next(p for p in PODS if p.name == pod_name)
+    sidecar = pod.runners()[0]
+    settings = _settings(pod, sidecar)
+    tools = {"nginx": nginx_bin, "promtool": promtool_bin}
+    argv = (tools[settings.validate_command[0]](), *settings.validate_command[1:])
+    # nginx -t creates the config's temp paths: keep them under tmp_path instead of the machine's /tmp.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    data = {name: text.replace("/tmp/", f"{scratch}/") for name, text in _config_maps()[config_map].items()}
+    checks = Checks(settings.validators, argv, settings.validate_timeout_s, tmp_path)
+
+    async def verdict(files: dict[str, str], name: str) -> tuple[str, ...]:
+        source = tmp_path / name
+        source.mkdir()
+        for file, text in files.items():
+            (source / file).write_text(text)
+        return (await validate(read_snapshot(source), checks)).problems
+
+    assert await verdict(data, "good") == (), shlex.join(argv)
+    main = "nginx.conf" if "nginx.conf" in data else "prometheus.yml"
+    broken = dict(
+        data, **{main: data[main] + ("\nno_such_directive on;\n" if main == "nginx.conf" else "\nbogus: 1\n")}
+    )
+    assert await verdict(broken, "broken"), "the checker accepted a broken config"
