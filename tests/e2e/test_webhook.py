@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ import yaml
 
 from sidecar.webhook import load_profiles
 from tests.e2e.apps import nginx_bin, nginx_conf
+from tests.e2e.sidecar_proc import wait_for
 from tests.e2e.webhook_proc import Webhook, issue, make_ca, review
 from tests.kubelet import project
 
@@ -249,6 +251,35 @@ def test_certificate_rotated_while_running(pki: Path, tmp_path: Path) -> None:
         kept.close()
     finally:
         assert wh.stop() == 0, wh.log_tail()
+
+
+def _refused(wh: Webhook) -> bool:
+    try:
+        wh.connect().close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_answers_reviews_in_flight_then_exits_0(pki: Path, tmp_path: Path) -> None:
+    """On SIGTERM the listener closes at once, a review already running is still answered, and the exit is 0."""
+    started = tmp_path / "checker-started"
+    (tmp_path / "profiles.yaml").write_text(
+        f"profiles:\n  slow:\n    command: sh -c 'touch {started}; sleep 1' {{dir}}\n"
+    )
+    wh = Webhook(tmp_path, pki / "ca.crt", pki / "webhook-v1.crt", pki / "webhook-v1.key", tmp_path / "profiles.yaml")
+    wh.start()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(wh.review, review("in-flight", profile="slow", data={"a.txt": "x"}))
+            wait_for(started.exists, 10, what="the checker to start")
+            assert wh.proc is not None
+            wh.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: _refused(wh), 5, what="the listener to close")
+            assert answer.result(10) == {"uid": "in-flight", "allowed": True}
+        assert wh.proc.wait(10) == 0, wh.log_tail()
+    finally:
+        wh.stop()
 
 
 def test_bad_profiles_file_is_a_startup_error_listing_every_problem(pki: Path, tmp_path: Path) -> None:
