@@ -140,11 +140,11 @@ class Reloader:
             log.error("source_unreadable", error=str(e))
             return
         v = snap.version
-        if v == state.current and v == state.last_good:
+        known_bad = v in state.quarantined or v in state.refused or v in state.held
+        if known_bad or (v == state.current and v == state.last_good):
+            if known_bad:
+                log.debug("skipped_known_bad", version=v)
             await self._recheck_degraded()
-            return
-        if v in state.quarantined or v in state.refused or v in state.held:
-            log.debug("skipped_known_bad", version=v)
             return
         structlog.contextvars.bind_contextvars(version=v)
         state.last_change_at = time.time()
@@ -313,10 +313,13 @@ class Reloader:
         """On a resync while degraded: the app may have recovered on the live version."""
         if self.state.phase != "degraded" or self.state.current is None:
             return
-        if await self._reload_and_verify() is None:
+        problem = await self._reload_and_verify()
+        if problem is None:
             self._set_ready(True)
             self.state.phase = "idle"
             log.info("recovered_from_degraded", version=self.state.current)
+        else:
+            self._degrade(f"version {self.state.current} still not healthy: {problem[1]}")
 
     def _degrade(self, why: str) -> None:
         self.state.phase = "degraded"

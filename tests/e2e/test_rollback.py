@@ -285,12 +285,6 @@ def test_without_health_url_the_signal_result_alone_decides(tmp_path: Path) -> N
         assert event["version"] == bad and event["to"] == v2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: Reloader.sync skips a quarantined source before _recheck_degraded runs, so a degraded "
-    "sidecar whose source still holds the bad version never re-checks the app on resync",
-)
 def test_degraded_after_failed_rollback_recovers_on_resync_once_the_app_is_back(tmp_path: Path) -> None:
     """Rollback whose reload also fails -> degraded (503); once the app answers again, a resync makes it ready."""
     volume, target = tmp_path / "volume", tmp_path / "target"
