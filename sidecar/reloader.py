@@ -216,7 +216,7 @@ class Reloader:
             # The app starts after the sidecar and reads the files itself: nobody to signal or verify.
             await self._commit(p, "first version at start-up")
             return
-        await asyncio.to_thread(save_state, self.s.target_dir, state)
+        # No state write here: a restart reads the live version from ..data and re-verifies it.
         problem = await self._reload_and_verify()
         if problem is None:
             await self._commit(p, "reloaded")

@@ -107,9 +107,11 @@ class State:
 
 
 def save_state(target: Path, state: State) -> None:
-    """Persist what must survive a restart: current, last good, quarantine (atomic: temp file + rename)."""
+    """Persist what must survive a restart: last good and quarantine (atomic: temp file + rename).
+
+    The live version is not stored: `..data` says it, and a restart re-verifies it unless it is last good.
+    """
     doc = {
-        "current": state.current,
         "last_good": state.last_good,
         "quarantined": {v: asdict(r) for v, r in state.quarantined.items()},
     }
