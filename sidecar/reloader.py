@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import aiohttp
@@ -101,16 +102,21 @@ class Reloader:
 
     async def _work(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
+            await _first(self._wake.wait(), stop.wait())
             if stop.is_set():
                 break
             self._wake.clear()
+            # A pass may wait minutes (stagger, verification): SIGTERM must not wait for it.
+            one_pass = asyncio.create_task(self.sync(), name="pass")
+            await _first(one_pass, stop.wait())
+            if not one_pass.done():
+                log.info("pass_cancelled", reason="shutting down")
+                one_pass.cancel("sidecar shutting down")
             try:
-                await self.sync()
+                await one_pass
+            except asyncio.CancelledError:
+                if not one_pass.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise  # we are being cancelled ourselves, not just the pass
             except Exception as e:  # a bug in one pass must not end the sidecar; the next change retries
                 log.exception("pass_failed", error=str(e))
                 self.state.error(f"internal error: {e}")
@@ -118,6 +124,7 @@ class Reloader:
                 structlog.contextvars.clear_contextvars()
                 if self.state.phase not in ("degraded", "held"):
                     self.state.phase = "idle"
+        self._set_ready(False, "shutting down")
         self.state.phase = "stopping"
 
     async def sync(self) -> None:
@@ -330,6 +337,17 @@ class Reloader:
         self.state.ready = ready
         self.state.ready_reason = reason
         self.metrics.ready.set(1 if ready else 0)
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    """Return when the first of `aws` is done; the others are cancelled (a Task passed in is left running)."""
+    futures = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for f, a in zip(futures, aws, strict=True):
+            if f is not a:
+                f.cancel()
 
 
 def _ms(seconds: float) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.receiver import always, reader, serving
-from tests.e2e.sidecar_proc import live_files, running, wait_for
+from tests.e2e.sidecar_proc import Sidecar, live_files, running, wait_for
 from tests.kubelet import project
 
 GOOD1 = {"app.yaml": "version: 1\nname: first\n"}
@@ -214,3 +214,34 @@ def test_reload_endpoint_failure_rolls_back_and_says_why(tmp_path: Path, mode: s
             assert car.metrics()['reload_sidecar_reloads_total{result="failed"}'] == 1.0
             assert car.events("reload_failed")[0]["version"] == bad
             assert car.alive()
+
+
+def test_sigterm_during_a_long_verification_stops_promptly_and_cleanly(tmp_path: Path) -> None:
+    """SIGTERM while a pass waits on a 60 s verification window: the pass is cancelled, the sidecar exits 0 fast."""
+    volume, target = tmp_path / "volume", tmp_path / "target"
+    project(volume, GOOD1)
+
+    def script(method: str, path: str, n: int) -> tuple[int, str]:
+        return (500, "down\n") if path == "/health" else (200, "ok\n")
+
+    with serving(script) as app:
+        car = Sidecar(
+            volume,
+            target,
+            tmp_path,
+            RELOAD_RELOAD_URL=app.url + "/-/reload",
+            RELOAD_HEALTH_URL=app.url + "/health",
+            RELOAD_HEALTH_TIMEOUT_S="60",
+            RELOAD_HEALTH_INTERVAL_S="1",
+            RELOAD_HEALTH_SUCCESSES="3",
+        ).start()
+        try:
+            car.wait_current()
+            project(volume, GOOD2)
+            wait_for(lambda: car.status()["state"] == "verifying", 10, what="verifying")
+            started = time.monotonic()
+            assert car.stop() == 0
+            assert time.monotonic() - started < 5
+            assert car.events("pass_cancelled") and car.events("stopped")
+        finally:
+            car.kill()
