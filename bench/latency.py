@@ -42,9 +42,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.kubelet import project  # noqa: E402 - path set up just above
 
-SIDECAR = (f"{shutil.which('reload-sidecar') or 'reload-sidecar'} run",
-           "RELOAD_SOURCE_DIR={dir} RELOAD_TARGET_DIR={target} RELOAD_RELOAD_URL={url} "
-           "RELOAD_LISTEN=127.0.0.1:{port} RELOAD_LOG_LEVEL=warning")
+SIDECAR = (
+    f"{shutil.which('reload-sidecar') or 'reload-sidecar'} run",
+    "RELOAD_SOURCE_DIR={dir} RELOAD_TARGET_DIR={target} RELOAD_RELOAD_URL={url} "
+    "RELOAD_LISTEN=127.0.0.1:{port} RELOAD_LOG_LEVEL=warning",
+)
 PEER = "{peer} -volume-dir={dir} -webhook-url={url} -web.listen-address=127.0.0.1:{port}"
 
 
@@ -91,6 +93,12 @@ def cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """The reloader in its own session (killed as a group), output to `log`."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 class Receiver:
     """A loopback reload endpoint recording when each POST arrives."""
 
@@ -103,8 +111,8 @@ class Receiver:
         self.event.set()
         return web.Response(text="ok\n")
 
-    async def wait_count(self, count: int, timeout: float) -> bool:
-        end = time.monotonic() + timeout
+    async def wait_count(self, count: int, limit_s: float) -> bool:
+        end = time.monotonic() + limit_s
         while len(self.hits) < count:
             self.event.clear()
             try:
@@ -125,8 +133,14 @@ class Receiver:
 class Run:
     """One reloader process watching a fresh volume, POSTing to a fresh receiver."""
 
-    def __init__(self, tmp: Path, argv_template: str, env_template: str, files: Callable[[int], dict[str, bytes]],
-                 extra_env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        argv_template: str,
+        env_template: str,
+        files: Callable[[int], dict[str, bytes]],
+        extra_env: dict[str, str],
+    ) -> None:
         self.tmp, self.argv_template, self.env_template = tmp, argv_template, env_template
         self.files, self.extra_env = files, extra_env
         self.version = 0
@@ -152,9 +166,7 @@ class Run:
         for word in shlex.split(self.env_template.format(**fmt)):
             k, _, v = word.partition("=")
             env[k] = v
-        self.log = open(self.tmp / "reloader.log", "wb")  # noqa: SIM115 - closed in __aexit__
-        self.proc = subprocess.Popen(shlex.split(self.argv_template.format(**fmt)), env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = spawn(shlex.split(self.argv_template.format(**fmt)), env, self.tmp / "reloader.log")
         await self.rx.quiet(1.0, 20)
         for _ in range(40):  # ready: a probe swap is answered by a POST
             first = len(self.rx.hits)
@@ -175,24 +187,30 @@ class Run:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        self.log.close()
         await self.runner.cleanup()
 
-    async def swaps(self, n: int, timeout: float = 5.0, gap: float = 0.05) -> dict[str, Any]:
+    async def swaps(self, n: int, limit_s: float = 5.0, gap: float = 0.05) -> dict[str, Any]:
         lat, missed, dups = [], 0, 0
         for _ in range(n):
             first = len(self.rx.hits)
             self.swap()
             done = time.monotonic()
-            got_one = await self.rx.wait_count(first + 1, timeout)
+            got_one = await self.rx.wait_count(first + 1, limit_s)
             await asyncio.sleep(gap)
             got = len(self.rx.hits) - first
             missed += not got_one
             dups += max(0, got - 1)
             if got_one:
                 lat.append((self.rx.hits[first] - done) * 1000)
-        return dict(n=n, p50_ms=pct(lat, 0.5), p90_ms=pct(lat, 0.9), p99_ms=pct(lat, 0.99),
-                    max_ms=max(lat) if lat else float("nan"), missed=missed, duplicates=dups)
+        return dict(
+            n=n,
+            p50_ms=pct(lat, 0.5),
+            p90_ms=pct(lat, 0.9),
+            p99_ms=pct(lat, 0.99),
+            max_ms=max(lat) if lat else float("nan"),
+            missed=missed,
+            duplicates=dups,
+        )
 
     async def storm(self, k: int, window: float = 1.0) -> dict[str, Any]:
         first, start = len(self.rx.hits), time.monotonic()
@@ -215,14 +233,24 @@ def yaml_files(version: int) -> dict[str, bytes]:
 
 
 def nginx_files(tmp: Path) -> Callable[[int], dict[str, bytes]]:
-    conf = ("worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log stderr;\nevents {{ worker_connections 16; }}\n"
-            "http {{ access_log off; server {{ listen 127.0.0.1:1; location / {{ return 200 \"v{v}\"; }} }} }}\n")
+    conf = (
+        "worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log stderr;\nevents {{ worker_connections 16; }}\n"
+        'http {{ access_log off; server {{ listen 127.0.0.1:1; location / {{ return 200 "v{v}"; }} }} }}\n'
+    )
     return lambda v: {"nginx.conf": conf.format(tmp=tmp, v=v).encode()}
 
 
-async def section_process(args: argparse.Namespace, tmp: Path, name: str, argv: str, envt: str,
-                          files: Callable[[int], dict[str, bytes]], extra: dict[str, str], out: dict[str, Any],
-                          only: set[str]) -> None:
+async def section_process(
+    args: argparse.Namespace,
+    tmp: Path,
+    name: str,
+    argv: str,
+    envt: str,
+    files: Callable[[int], dict[str, bytes]],
+    extra: dict[str, str],
+    out: dict[str, Any],
+    only: set[str],
+) -> None:
     async with Run(tmp, argv, envt, files, extra) as run:
         res: dict[str, Any] = {}
         if "swap" in only:
@@ -233,8 +261,9 @@ async def section_process(args: argparse.Namespace, tmp: Path, name: str, argv: 
         print(fmt_line(name, res), flush=True)
 
 
-async def section_storm(tmp: Path, name: str, argv: str, envt: str, extra: dict[str, str], k: int,
-                        out: dict[str, Any]) -> None:
+async def section_storm(
+    tmp: Path, name: str, argv: str, envt: str, extra: dict[str, str], k: int, out: dict[str, Any]
+) -> None:
     async with Run(tmp, argv, envt, yaml_files, extra) as run:
         res = await run.storm(k)
     out.setdefault(name, {}).update(res)
@@ -244,8 +273,10 @@ async def section_storm(tmp: Path, name: str, argv: str, envt: str, extra: dict[
 def fmt_line(name: str, r: dict[str, Any]) -> str:
     parts = []
     if "p50_ms" in r:
-        parts.append(f"n={r['n']} p50 {r['p50_ms']:.2f} p90 {r['p90_ms']:.2f} p99 {r['p99_ms']:.2f} "
-                     f"max {r['max_ms']:.2f} ms, missed {r['missed']}, dup {r['duplicates']}")
+        parts.append(
+            f"n={r['n']} p50 {r['p50_ms']:.2f} p90 {r['p90_ms']:.2f} p99 {r['p99_ms']:.2f} "
+            f"max {r['max_ms']:.2f} ms, missed {r['missed']}, dup {r['duplicates']}"
+        )
     if "idle_rss_mb" in r:
         parts.append(f"idle RSS {r['idle_rss_mb']:.1f} MB, idle CPU {r['idle_cpu_s']:.2f} s/{r['idle_s']:g} s")
     return f"{name}: " + " | ".join(parts)
@@ -257,11 +288,17 @@ def section_ready(tmp: Path, runs: int = 10) -> dict[str, Any]:
     times = []
     for i in range(runs):
         target, port = tmp / f"ready-target-{i}", free_port()
-        env = dict(os.environ, RELOAD_SOURCE_DIR=str(volume), RELOAD_TARGET_DIR=str(target),
-                   RELOAD_LISTEN=f"127.0.0.1:{port}", RELOAD_LOG_LEVEL="warning")
+        env = dict(
+            os.environ,
+            RELOAD_SOURCE_DIR=str(volume),
+            RELOAD_TARGET_DIR=str(target),
+            RELOAD_LISTEN=f"127.0.0.1:{port}",
+            RELOAD_LOG_LEVEL="warning",
+        )
         start = time.perf_counter()
-        proc = subprocess.Popen([shutil.which("reload-sidecar") or "reload-sidecar", "run"], env=env,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [shutil.which("reload-sidecar") or "reload-sidecar", "run"], env=env, stderr=subprocess.DEVNULL
+        )
         try:
             while time.perf_counter() - start < 10:
                 try:
@@ -275,8 +312,11 @@ def section_ready(tmp: Path, runs: int = 10) -> dict[str, Any]:
             proc.terminate()
             proc.wait()
     res = dict(ready_p50_ms=pct(times, 0.5), ready_max_ms=max(times), ready_runs=len(times))
-    print(f"start -> /readyz 200: p50 {res['ready_p50_ms']:.0f} ms, max {res['ready_max_ms']:.0f} ms "
-          f"over {len(times)} starts", flush=True)
+    print(
+        f"start -> /readyz 200: p50 {res['ready_p50_ms']:.0f} ms, max {res['ready_max_ms']:.0f} ms "
+        f"over {len(times)} starts",
+        flush=True,
+    )
     return res
 
 
@@ -310,9 +350,12 @@ def section_pipeline(tmp: Path, rounds: int = 20) -> dict[str, Any]:
         total_bytes = snap.total_bytes
         med = {k: statistics.median(v) for k, v in times.items()}
         res[kind] = dict(files=len(snap.files), bytes=total_bytes, **{f"{k}_ms": round(v, 2) for k, v in med.items()})
-        print(f"pipeline 100 files / {total_bytes / 2**20:.2f} MiB ({kind}): snapshot {med['snapshot']:.1f} + "
-              f"validate {med['validate']:.1f} + promote {med['promote']:.1f} = {med['total']:.1f} ms "
-              f"(median of {rounds})", flush=True)
+        print(
+            f"pipeline 100 files / {total_bytes / 2**20:.2f} MiB ({kind}): snapshot {med['snapshot']:.1f} + "
+            f"validate {med['validate']:.1f} + promote {med['promote']:.1f} = {med['total']:.1f} ms "
+            f"(median of {rounds})",
+            flush=True,
+        )
     return res
 
 
@@ -329,8 +372,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             if only & {"swap", "idle"}:
                 d = tmp / f"swap-{i}"
                 d.mkdir()
-                await section_process(args, d, name, a, e + " RELOAD_DEBOUNCE_MS=0" if e else e, yaml_files,
-                                      extra, out, only)
+                await section_process(
+                    args, d, name, a, e + " RELOAD_DEBOUNCE_MS=0" if e else e, yaml_files, extra, out, only
+                )
             if "storm" in only:
                 d = tmp / f"storm-{i}"
                 d.mkdir()
@@ -339,9 +383,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             d = tmp / "nginx"
             d.mkdir()
             cmd = f"{shutil.which('nginx')} -t -q -e stderr -p {d} -c {{dir}}/nginx.conf"
-            await section_process(args, d, "reload-sidecar+nginx -t", argv,
-                                  envt + " RELOAD_DEBOUNCE_MS=0", nginx_files(d),
-                                  {"RELOAD_VALIDATE_COMMAND": cmd}, out, {"swap"} | (only - {"idle"}))
+            await section_process(
+                args,
+                d,
+                "reload-sidecar+nginx -t",
+                argv,
+                envt + " RELOAD_DEBOUNCE_MS=0",
+                nginx_files(d),
+                {"RELOAD_VALIDATE_COMMAND": cmd},
+                out,
+                {"swap"} | (only - {"idle"}),
+            )
         if "ready" in only:
             out["ready"] = section_ready(tmp)
         if "pipeline" in only:

@@ -307,11 +307,11 @@ class Reloader:
         await asyncio.to_thread(save_state, self.s.target_dir, state)
         problem = await self._reload_and_verify()
         self.metrics.rollbacks.inc()
-        self.metrics.reloads.labels("rolled_back").inc()
         if problem is not None:
             self._degrade(f"rolled back to {good} but the app is still not healthy: {problem[1]}")
             log.error("rolled_back_unhealthy", version=bad, to=good, reason=reason, after=problem[1])
             return
+        self.metrics.reloads.labels("rolled_back").inc()
         self._set_ready(True)
         state.phase = "idle"
         log.warning("rolled_back", version=bad, to=good, reason=reason)
