@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from tests.e2e.sidecar_proc import Sidecar, live_files
+from tests.e2e.zygote import Zygote, gone
 from tests.kubelet import project
 
 KILLS = 200
@@ -38,6 +39,13 @@ def _check_target(target: Path, written: set[int]) -> int | None:
     assert n in written, f"live version {n} was never written to the source"
     assert files == {k: v.encode() for k, v in _version(n).items()}, f"version {n} is incomplete or altered"
     return n
+
+
+def _wait_gone(pid: int) -> None:
+    end = time.monotonic() + 10
+    while not gone(pid):
+        assert time.monotonic() < end, f"sidecar {pid} survived SIGKILL"
+        time.sleep(0.002)
 
 
 def test_sigkill_at_random_instants_never_tears_the_target(tmp_path: Path) -> None:
@@ -66,33 +74,45 @@ def test_sigkill_at_random_instants_never_tears_the_target(tmp_path: Path) -> No
     )
     seen_live: set[int] = set()
     promoting_kills = 0
-    for i in range(KILLS):
-        before = os.readlink(target / "..data") if (target / "..data").is_symlink() else None
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        # One life in ten is killed at a random instant of start-up (leftover clean-up, recovery); the
-        # others once this life has promoted, at a random instant while it keeps promoting new swaps.
-        during_startup = i % 10 == 0
-        deadline = time.monotonic() + (rng.uniform(0.0, 0.4) if during_startup else 10.0)
-        kill_at = None
-        while time.monotonic() < (kill_at or deadline):
-            swap()
-            time.sleep(rng.uniform(0.005, 0.03))
-            if kill_at is None and not during_startup and (target / "..data").is_symlink():
-                if os.readlink(target / "..data") != before:
-                    kill_at = time.monotonic() + rng.uniform(0.0, 0.15)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        promoting_kills += kill_at is not None
-        live = _check_target(target, written)
-        if live is not None:
-            seen_live.add(live)
-    assert promoting_kills >= KILLS * 9 // 10, "every life but the start-up ones must be killed mid-promotions"
+    zygote = Zygote(env)
+    try:
+        for i in range(KILLS):
+            before = os.readlink(target / "..data") if (target / "..data").is_symlink() else None
+            # One life in ten is a cold `python -m sidecar run` killed at a random instant of its start-up
+            # (imports, leftover clean-up, recovery); the others are forked pre-imported and killed once
+            # they have promoted, at a random instant while they keep promoting new swaps.
+            cold = i % 10 == 0
+            if cold:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "sidecar", "run"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                pid = proc.pid
+            else:
+                pid = zygote.spawn()
+            deadline = time.monotonic() + (rng.uniform(0.0, 0.6) if cold else 10.0)
+            kill_at = None
+            while time.monotonic() < (kill_at or deadline):
+                swap()
+                time.sleep(rng.uniform(0.002, 0.02))
+                if kill_at is None and not cold and (target / "..data").is_symlink():
+                    if os.readlink(target / "..data") != before:
+                        kill_at = time.monotonic() + rng.uniform(0.0, 0.1)
+            os.killpg(pid, signal.SIGKILL)
+            if cold:
+                proc.wait()
+            else:
+                _wait_gone(pid)
+            promoting_kills += kill_at is not None
+            live = _check_target(target, written)
+            if live is not None:
+                seen_live.add(live)
+    finally:
+        zygote.close()
+    assert promoting_kills >= KILLS * 9 // 10, "every warm life must be killed mid-promotions"
     assert len(seen_live) > KILLS // 2, "the kills should land across many promotions"
 
     car = Sidecar(volume, target, tmp_path, RELOAD_HISTORY=str(HISTORY)).start()
