@@ -121,6 +121,12 @@ def save_state(target: Path, state: State) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target / STATE_FILE)
+    # Makes this rename durable, and the ..data swap of the version being committed with it.
+    dir_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def load_state(target: Path, state: State) -> str | None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -90,15 +93,44 @@ def check_parse(files: dict[str, bytes], specs: Iterable[ValidatorSpec]) -> list
         schemas = [_load_schema(s.schema_path) for s in specs if s.kind == "schema" and s.schema_path]
     except _Problem as e:
         return [f"schema:{e}"]
+    schema_key = json.dumps(schemas, sort_keys=True, default=str) if schemas else ""
     problems: list[str] = []
     for name, fmt in formats.items():
-        try:
-            docs, locate = _parse(files[name], fmt)
-            for schema in schemas:
-                problems += _schema_problems(name, docs, schema, locate)
-        except _Problem as e:
-            problems.append(f"{name}:{e}")
+        # Most versions change a few files: a file's verdict is reused while its bytes, name, format and
+        # schemas are the same (a digest keyed with a per-process secret: crafted content cannot collide).
+        digest = hashlib.blake2b(key=_CACHE_KEY, digest_size=16)
+        digest.update(f"{name}\0{fmt}\0{schema_key}\0".encode())
+        digest.update(files[name])
+        key = digest.digest()
+        cached = _VERDICTS.get(key)
+        if cached is None:
+            cached = _check_file(name, files[name], fmt, schemas)
+            _remember(key, cached)
+        problems += cached
     return problems
+
+
+def _check_file(name: str, data: bytes, fmt: _Format, schemas: list[dict[str, Any]]) -> list[str]:
+    try:
+        docs, locate = _parse(data, fmt)
+        return [p for schema in schemas for p in _schema_problems(name, docs, schema, locate)]
+    except _Problem as e:
+        return [f"{name}:{e}"]
+
+
+_CACHE_KEY = os.urandom(32)
+_VERDICTS: dict[bytes, list[str]] = {}
+_CACHE_SIZE = 1024
+
+
+_CACHE_LOCK = threading.Lock()  # parsing runs in worker threads (and concurrently in the webhook)
+
+
+def _remember(key: bytes, problems: list[str]) -> None:
+    with _CACHE_LOCK:
+        _VERDICTS[key] = problems
+        while len(_VERDICTS) > _CACHE_SIZE:
+            del _VERDICTS[next(iter(_VERDICTS))]
 
 
 def _formats(files: dict[str, bytes], specs: tuple[ValidatorSpec, ...]) -> dict[str, _Format]:
@@ -141,13 +173,14 @@ def _parse(data: bytes, fmt: _Format) -> tuple[list[Any], Locate]:
 
 def _parse_yaml(text: str) -> tuple[list[Any], Locate]:
     try:
-        _check_depth(text)
+        if _depth_bound(text) > MAX_DEPTH:
+            _check_depth(text)
         loader = _Loader(text)
         try:
             nodes: list[yaml.Node] = []
             while loader.check_node():
                 nodes.append(loader.get_node())
-            size = _expanded_size(nodes)
+            size = _expanded_size(nodes) if "*" in text else 0  # no alias without a '*'
             if size > MAX_NODES:
                 raise _Problem(f" YAML alias expansion would build {size:,}+ nodes (limit {MAX_NODES:,}): refused")
             docs = [loader.construct_document(node) for node in nodes]
@@ -162,8 +195,27 @@ def _parse_yaml(text: str) -> tuple[list[Any], Locate]:
     return docs, lambda index, path: _yaml_line(nodes, index, path)
 
 
+_LEADING = re.compile(r"^[ \t?-]*", re.MULTILINE)
+
+
+def _depth_bound(text: str) -> int:
+    """A cheap upper bound on the nesting depth (string scans in C, no parsing).
+
+    A flow level takes one '[' or '{'; two block levels take at least one more character of a line's
+    leading run of spaces, '-' and '?' (a compact sequence can sit at its key's indentation, but what
+    nests in it cannot). Only when this bound is over the limit is the exact, slower scan needed.
+    """
+    flow = text.count("[") + text.count("{")
+    if flow > MAX_DEPTH:
+        return flow
+    lead = max(map(len, _LEADING.findall(text)), default=0)
+    return 2 * lead + flow + 2
+
+
 def _check_depth(text: str) -> None:
-    # Runs on parser events (a flat stream) because the composer recurses once per nesting level.
+    # Exact, on parser events (a flat stream). It must run before composing: libyaml's composer (the C
+    # loader) recurses once per nesting level without any limit, and a deep enough document crashes
+    # the process with a stack overflow.
     depth = 0
     for event in yaml.parse(text, Loader=_Loader):
         if isinstance(event, yaml.CollectionStartEvent):

@@ -455,3 +455,16 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_files_verdict_is_reused_only_for_the_same_bytes_and_checks(tmp_path: Path) -> None:
+    """Unchanged files are not parsed again, but any change of bytes, name or schema is checked afresh."""
+    good, bad = b"a: 1\n", b"a: [1\n"
+    assert check_parse({"x.yaml": good}, (ValidatorSpec("auto"),)) == []
+    assert check_parse({"x.yaml": bad}, (ValidatorSpec("auto"),)) != []
+    assert check_parse({"x.yaml": good}, (ValidatorSpec("auto"),)) == []  # served from the cache, still right
+    assert check_parse({"x.json": good}, (ValidatorSpec("auto"),)) != []  # same bytes, other format: re-checked
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "object", "properties": {"a": {"type": "string"}}}')
+    [problem] = check_parse({"x.yaml": good}, (ValidatorSpec("schema", schema),))
+    assert "is not of type 'string'" in problem
