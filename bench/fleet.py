@@ -21,7 +21,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -94,7 +93,7 @@ async def until(cond: Any, limit_s: float, every: float = 0.2) -> bool:
 def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [shutil.which("reload-sidecar") or "reload-sidecar", "run"],
+            [str(Path(sys.executable).with_name("reload-sidecar")), "run"],  # not a shim (see bench/latency.py)
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

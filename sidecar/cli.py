@@ -94,18 +94,22 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def _import_aiohttp_without_ca_bundle(settings: Settings) -> None:
     """Import aiohttp with an empty CA bundle when no configured URL is https.
 
-    aiohttp builds a verifying SSL context at import time, loading the system CA bundle: ~7 MB of RSS
-    and ~50 ms of start-up in every pod, for a sidecar that only speaks plain HTTP to its app on
-    loopback. The variable is restored right after, so checker commands see the environment unchanged.
+    aiohttp builds a verifying SSL context at import time, loading the system CA bundle: ~2 MB of RSS
+    and 50-100 ms of start-up in every pod, for a sidecar that speaks plain HTTP to its app and its
+    peers. The variable is restored right after, so checker commands see the environment unchanged.
     """
     urls = (settings.reload_url, settings.health_url, settings.health_metric_url)
-    if any(u.startswith("https:") for u in urls) or "SSL_CERT_FILE" in os.environ or "aiohttp" in sys.modules:
+    if any(u.startswith("https:") for u in urls) or "aiohttp" in sys.modules:
         return
+    before = os.environ.get("SSL_CERT_FILE")
     os.environ["SSL_CERT_FILE"] = os.devnull
     try:
         import aiohttp  # noqa: F401 - imported for its side effect, see above
     finally:
-        del os.environ["SSL_CERT_FILE"]
+        if before is None:
+            del os.environ["SSL_CERT_FILE"]
+        else:
+            os.environ["SSL_CERT_FILE"] = before
 
 
 async def _validate(settings: Settings, directory: Path) -> int:
