@@ -50,6 +50,7 @@ SIDECAR = (
     "RELOAD_SOURCE_DIR={dir} RELOAD_TARGET_DIR={target} RELOAD_RELOAD_URL={url} "
     "RELOAD_LISTEN=127.0.0.1:{port} RELOAD_LOG_LEVEL=warning",
 )
+TARGET_BASE: str | None = None  # --target-base
 PEER = "{peer} -volume-dir={dir} -webhook-url={url} -web.listen-address=127.0.0.1:{port}"
 
 
@@ -148,7 +149,9 @@ class Run:
         self.files, self.extra_env = files, extra_env
         self.version = 0
         self.rx = Receiver()
-        self.volume, self.target = tmp / "volume", tmp / "target"
+        self.volume = tmp / "volume"
+        base = Path(tempfile.mkdtemp(prefix="bench-target-", dir=TARGET_BASE)) if TARGET_BASE else tmp
+        self.target = base / "target"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def swap(self) -> None:
@@ -190,6 +193,8 @@ class Run:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        if TARGET_BASE:
+            shutil.rmtree(self.target.parent, ignore_errors=True)
         await self.runner.cleanup()
 
     async def swaps(self, n: int, limit_s: float = 5.0, gap: float = 0.05) -> dict[str, Any]:
@@ -417,7 +422,14 @@ def main() -> int:
     ap.add_argument("--peer", help="configmap-reload binary, run through the same sections (swap, idle, storm)")
     ap.add_argument("--only", default="swap,idle,storm,nginx,ready,pipeline")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument(
+        "--target-base",
+        help="make the sidecar's target dir here, e.g. /dev/shm for tmpfs "
+        "(an emptyDir with medium: Memory); default: beside the volume, on the temp dir's filesystem",
+    )
     args = ap.parse_args()
+    global TARGET_BASE
+    TARGET_BASE = args.target_base
     out = asyncio.run(main_async(args))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

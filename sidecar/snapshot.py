@@ -21,6 +21,7 @@ __all__ = ["Snapshot", "SourceError", "read_snapshot", "snapshot_of"]
 _DATA = "..data"
 _MAX_DEPTH = 32
 _MAX_FILES = 10_000
+_SMALL_FILES, _SMALL_BYTES = 8, 16 * 1024
 
 
 class SourceError(OSError):
@@ -39,6 +40,11 @@ class Snapshot:
     @property
     def total_bytes(self) -> int:
         return sum(len(b) for b in self.files.values())
+
+    @property
+    def small(self) -> bool:
+        """Small enough to read, parse and write on the event loop (well under a millisecond of work)."""
+        return len(self.files) <= _SMALL_FILES and self.total_bytes <= _SMALL_BYTES
 
 
 def read_snapshot(

@@ -79,7 +79,10 @@ async def validate(snapshot: Snapshot, checks: Checks) -> Verdict:
     if not snapshot.files and not problems:
         problems.append("no files in the source (an empty config is never promoted)")
     if not problems:
-        problems = await asyncio.to_thread(check_parse, snapshot.files, checks.validators)
+        if snapshot.small:  # a thread hand-off would cost more than parsing a few KiB
+            problems = check_parse(snapshot.files, checks.validators)
+        else:
+            problems = await asyncio.to_thread(check_parse, snapshot.files, checks.validators)
     if not problems and checks.command:
         problems = await run_command(checks.command, snapshot.files, checks.timeout_s, checks.work_dir)
     return Verdict(snapshot.version, tuple(problems[:_MAX_PROBLEMS]), time.perf_counter() - start)

@@ -178,6 +178,8 @@ def test_app_never_mounts_the_config_volume(pod: Pod) -> None:
         assert source.get("readOnly") is True, f"{sidecar['name']} must mount the config read-only"
         assert any(k in pod.volume(source["name"]) for k in CONFIG_SOURCES)
         assert "emptyDir" in pod.volume(target["name"])
+        # tmpfs: a copy of a Secret must not land on the node's disk (the kubelet keeps Secret volumes on tmpfs)
+        assert pod.volume(target["name"])["emptyDir"].get("medium") == "Memory", "the target must be tmpfs"
         for app in pod.apps():
             assert source["name"] not in {m["name"] for m in app.get("volumeMounts", [])}, app["name"]
     target_volumes = {_mount_of(s, _env(pod, s)["RELOAD_TARGET_DIR"])["name"] for s in pod.sidecars()}
