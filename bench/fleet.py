@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sidecar.snapshot import read_snapshot  # noqa: E402 - path set up just above
+from sidecar.stagger import wave_of, wave_order  # noqa: E402
 from tests.kubelet import project  # noqa: E402
 
 
@@ -101,6 +103,16 @@ def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def promoted_at(log: Path, version: str) -> float:
+    """Wall time of the `promoted` event for `version` in a sidecar's JSON log."""
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and '"promoted"' in line:
+            event = json.loads(line)
+            if event.get("event") == "promoted" and event.get("version") == version:
+                return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+    raise SystemExit(f"{log}: no promoted event for {version}")
+
+
 def cluster(times: list[float], gap: float) -> int:
     """Number of groups in sorted `times` separated by more than `gap`."""
     times = sorted(times)
@@ -139,7 +151,7 @@ async def run_size(n: int, bake: float, idle_s: float, tmp: Path) -> dict[str, A
                 RELOAD_HEALTH_INTERVAL_S="0.1",
                 RELOAD_HEALTH_TIMEOUT_S="1",
                 RELOAD_DEBOUNCE_MS="50",
-                RELOAD_LOG_LEVEL="warning",
+                RELOAD_LOG_LEVEL="info",  # the `promoted` events time each pod's start
             )
             procs.append(spawn(env, tmp / f"pod-{i}" / "sidecar.log"))
         urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -173,7 +185,21 @@ async def run_size(n: int, bake: float, idle_s: float, tmp: Path) -> dict[str, A
         rollout_s = time.time() - start
         healthy_at = [get_json(u + "/status")["versions"][version]["since"] for u in urls]
         promoted_rel = sorted(t - start for t in healthy_at)
-        waves = cluster(promoted_rel, bake / 2)
+        # Waves: the wave of each pod's rank in the version's order (the same order every pod computes),
+        # checked against time: every pod of wave w must start only after every pod of wave w-1 has been
+        # healthy for the bake time. `clusters` counts groups of start times split by gaps over 0.6 x bake
+        # (equal to the waves until N sidecars saturate the 2 cores and a wave's starts spread out).
+        starts = [promoted_at(tmp / f"pod-{i}" / "sidecar.log", version) - start for i in range(n)]
+        healthy = [t - start for t in healthy_at]
+        order = wave_order(version, {f"web-{i}" for i in range(n)})
+        wave = [wave_of(order.index(f"web-{i}")) for i in range(n)]
+        waves = max(wave) + 1
+        in_order = all(
+            min(s for s, w in zip(starts, wave, strict=True) if w == k)
+            >= max(h for h, w in zip(healthy, wave, strict=True) if w == k - 1) + bake - 0.05
+            for k in range(1, waves)
+        )
+        clusters = cluster(starts, bake * 0.6)
         rollout_rate = sum(peer_requests(u) - b for u, b in zip(urls, before, strict=True)) / n / rollout_s
 
         # A bad version: passes validation, fails health.
@@ -195,6 +221,8 @@ async def run_size(n: int, bake: float, idle_s: float, tmp: Path) -> dict[str, A
             n=n,
             bake_s=bake,
             waves=waves,
+            waves_in_order=in_order,
+            start_clusters=clusters,
             waves_target=math.ceil(math.log2(n + 1)),
             rollout_s=round(rollout_s, 2),
             first_healthy_s=round(promoted_rel[0], 2),
@@ -232,7 +260,8 @@ def main() -> int:
             r = asyncio.run(run_size(n, a.bake, a.idle, Path(tmp)))
         out.append(r)
         print(
-            f"N={n:>3}: waves {r['waves']} (target {r['waves_target']}), full rollout {r['rollout_s']:.1f} s "
+            f"N={n:>3}: waves {r['waves']} (target {r['waves_target']}; each after the previous baked: "
+            f"{r['waves_in_order']}; start-time clusters {r['start_clusters']}), full rollout {r['rollout_s']:.1f} s "
             f"(bake {a.bake:g} s, canary healthy at {r['first_healthy_s']:.1f} s) | bad version loaded by "
             f"{r['bad_touched']} pod(s), quarantined on {r['bad_quarantined']}, held on {r['bad_held']}, "
             f"settled in {r['bad_settle_s']:.1f} s | peer reads per pod: idle {r['idle_peer_req_per_pod_s']:.2f}/s, "
