@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +13,7 @@ from aiohttp import web
 
 from sidecar.settings import Settings
 from sidecar.verify import HealthCheck, MetricCheck, parse_metric_check, verify
+from tests.aio import serving
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -32,25 +32,6 @@ prometheus_build_info{branch="HEAD",goversion="go1.23.4",version="3.1.0"} 1
 nginx_up{upstream="a"} 0
 nginx_up{upstream="b"} 1
 """
-
-
-@contextlib.asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[str]:
-    """A real aiohttp server on 127.0.0.1, any port; yields its base URL."""
-
-    async def route(request: web.Request) -> web.StreamResponse:
-        return await handler(request)
-
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", route)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,69 @@ def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0
         time.sleep(interval)
 
 
-class Sidecar:
+class SidecarProcess:
+    """A `python -m sidecar <command>` process in a session of its own, its output in `log_path`.
+
+    Subclasses set `command`, `env` (RELOAD_* variables) and `log_path`; `spawn()` starts it.
+    """
+
+    command = "run"
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, prefix: Sequence[str] = ()) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELOAD_")}
+        env.update(self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "sidecar", self.command],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{self.command} exited with {self.proc.returncode}: {self.log_tail()}")
+        return True
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                ev = json.loads(line)
+                if isinstance(ev, dict) and (name is None or ev.get("event") == name):
+                    out.append(ev)
+        return out
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        """SIGTERM, and the exit code (SIGKILL to the group after 10 s)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+class Sidecar(SidecarProcess):
     """One sidecar process; `env` are its RELOAD_* variables (source/target/listen are filled in).
 
     With `netns`, it runs inside that network namespace (a pod of its own), listening on all of the
@@ -59,20 +121,10 @@ class Sidecar:
             **env,
         }
         self.log_path = workdir / f"sidecar-{netns or 'lo'}-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_healthy: bool = True) -> Sidecar:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELOAD_")}
-        env.update(self.env)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                # `ip netns exec` execs in place: the pid stays the sidecar's
-                [*(["ip", "netns", "exec", self.netns] if self.netns else []), sys.executable, "-m", "sidecar", "run"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # `ip netns exec` execs in place: the pid stays the sidecar's
+        self.spawn(["ip", "netns", "exec", self.netns] if self.netns else [])
         if wait_healthy:
             wait_for(
                 lambda: self.alive() and http_get(self.url + "/healthz")[0] == 200,
@@ -80,11 +132,6 @@ class Sidecar:
                 what=f"sidecar /healthz; log: {self.log_tail()}",
             )
         return self
-
-    def alive(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"sidecar exited with {self.proc.returncode}: {self.log_tail()}")
-        return True
 
     def status(self) -> dict[str, Any]:
         code, body = http_get(self.url + "/status")
@@ -109,39 +156,6 @@ class Sidecar:
             return st if ok and st["state"] in ("idle", "degraded", "held") else None
 
         return dict(wait_for(done, timeout, what=f"current={version}; log: {self.log_tail()}"))
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                ev = json.loads(line)
-                if isinstance(ev, dict) and (name is None or ev.get("event") == name):
-                    out.append(ev)
-        return out
-
-    def log_tail(self, chars: int = 1500) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            self.proc.wait(10)
-
-    def stop(self) -> int | None:
-        """SIGTERM, and the exit code (SIGKILL after 10 s)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
 
 
 @contextlib.contextmanager

@@ -6,19 +6,15 @@ valid for IP 127.0.0.1 and DNS localhost, signed by a throw-away CA the client t
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
-import signal
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.apps import free_port
-from tests.e2e.sidecar_proc import wait_for
+from tests.e2e.sidecar_proc import SidecarProcess, wait_for
 
 OPENSSL = "openssl"
 
@@ -94,7 +90,7 @@ def review(
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
 
 
-class Webhook:
+class Webhook(SidecarProcess):
     """One `reload-sidecar webhook` process on 127.0.0.1 (a free port) with its log in `workdir`."""
 
     def __init__(self, workdir: Path, ca: Path, cert: Path, key: Path, profiles: Path, **env: str) -> None:
@@ -109,26 +105,13 @@ class Webhook:
             **env,
         }
         self.log_path = workdir / f"webhook-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+
+    command = "webhook"
 
     def start(self) -> Webhook:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELOAD_")}
-        env.update(self.env)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "webhook"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.spawn()
         wait_for(lambda: self.alive() and self.request("GET", "/healthz")[0] == 200, 20, what=self.log_tail())
         return self
-
-    def alive(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"webhook exited with {self.proc.returncode}: {self.log_tail()}")
-        return True
 
     def connect(self, server_hostname: str = "127.0.0.1", timeout: float = 10.0) -> http.client.HTTPSConnection:
         """A verified HTTPS connection; `localhost` makes the client send SNI, an IP does not."""
@@ -174,32 +157,3 @@ class Webhook:
             conn.close()
         subject = dict(pair for rdn in cert["subject"] for pair in rdn)
         return int(cert["serialNumber"], 16), subject["commonName"]
-
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict) and event.get("event") == name:
-                    out.append(event)
-        return out
-
-    def stop(self) -> int | None:
-        """SIGTERM and the exit code (SIGKILL to the group after 10 s)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
