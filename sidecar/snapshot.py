@@ -77,21 +77,48 @@ def snapshot_of(
     Same size limits, problem wording and content hash as `read_snapshot`, so a version refused here is
     the one the sidecar would refuse. Names are taken as given: the caller checks they are safe paths.
     """
-    kept: dict[str, bytes] = {}
-    problems: list[str] = []
-    total = 0
+    found = _Found(max_file_bytes, max_total_bytes)
     for rel in sorted(files):
-        data = files[rel]
-        if len(data) > max_file_bytes:
-            problems.append(f"{rel}: {len(data)} bytes exceeds RELOAD_MAX_FILE_BYTES={max_file_bytes}")
-            continue
-        total += len(data)
-        if total > max_total_bytes:
-            problems.append(f"total size exceeds RELOAD_MAX_TOTAL_BYTES={max_total_bytes} at {rel}")
+        if found.fits(rel, len(files[rel])) and not found.add(rel, files[rel]):
             break
-        kept[rel] = data
-    sizes = {rel: len(data) for rel, data in kept.items()}
-    return Snapshot(files=kept, version=_hash(kept, problems), problems=tuple(problems), sizes=sizes)
+    return found.snapshot()
+
+
+class _Found:
+    """The files of a version as they are read, with the size and count limits every reader applies."""
+
+    def __init__(self, max_file: int, max_total: int) -> None:
+        self.max_file, self.max_total = max_file, max_total
+        self.files: dict[str, bytes] = {}
+        self.problems: list[str] = []
+        self.total = 0
+
+    def fits(self, rel: str, size: int) -> bool:
+        """False, with the problem noted, when one file is over RELOAD_MAX_FILE_BYTES."""
+        if size > self.max_file:
+            self.problems.append(f"{rel}: {size} bytes exceeds RELOAD_MAX_FILE_BYTES={self.max_file}")
+            return False
+        return True
+
+    def full(self) -> bool:
+        if len(self.files) >= _MAX_FILES:
+            self.problems.append(f"more than {_MAX_FILES} files; refusing the rest")
+            return True
+        return False
+
+    def add(self, rel: str, data: bytes) -> bool:
+        """Take a file; False (the version is over RELOAD_MAX_TOTAL_BYTES) means: stop reading."""
+        self.total += len(data)
+        if self.total > self.max_total:
+            self.problems.append(f"total size exceeds RELOAD_MAX_TOTAL_BYTES={self.max_total} at {rel}")
+            return False
+        self.files[rel] = data
+        return True
+
+    def snapshot(self) -> Snapshot:
+        files = dict(sorted(self.files.items()))
+        sizes = {rel: len(data) for rel, data in files.items()}
+        return Snapshot(files=files, version=_hash(files, self.problems), problems=tuple(self.problems), sizes=sizes)
 
 
 class _Vanished(Exception):
@@ -141,29 +168,16 @@ def _read(
     max_file: int,
     max_total: int,
 ) -> Snapshot:
-    volume = source.resolve()
-    files: dict[str, bytes] = {}
-    sizes: dict[str, int] = {}
-    problems: list[str] = []
-    total = 0
-    for rel, path in _walk(root, volume, problems):
+    found = _Found(max_file, max_total)
+    for rel, path in _walk(root, source.resolve(), found.problems):
         if not _wanted(rel, include, exclude):
             continue
-        if len(files) >= _MAX_FILES:
-            problems.append(f"more than {_MAX_FILES} files; refusing the rest")
+        if found.full():
             break
-        data = _read_file(path, rel, max_file, problems)
-        if data is None:
-            continue
-        total += len(data)
-        if total > max_total:
-            problems.append(f"total size exceeds RELOAD_MAX_TOTAL_BYTES={max_total} at {rel}")
+        data = _read_file(path, rel, found)
+        if data is not None and not found.add(rel, data):
             break
-        files[rel] = data
-        sizes[rel] = len(data)
-    return Snapshot(
-        files=dict(sorted(files.items())), version=_hash(files, problems), problems=tuple(problems), sizes=sizes
-    )
+    return found.snapshot()
 
 
 def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path]]:
@@ -238,34 +252,33 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def _read_file(path: Path, rel: str, max_file: int, problems: list[str]) -> bytes | None:
+def _read_file(path: Path, rel: str, found: _Found) -> bytes | None:
     # O_NONBLOCK: if the entry was swapped for a FIFO after the stat, open() must not hang on it.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError as e:
         raise _Vanished from e
     except OSError as e:
-        problems.append(f"{rel}: cannot open: {e.strerror}")
+        found.problems.append(f"{rel}: cannot open: {e.strerror}")
         return None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            problems.append(f"{rel}: {_kind(st.st_mode)}, not a regular file; refused")
+            found.problems.append(f"{rel}: {_kind(st.st_mode)}, not a regular file; refused")
             return None
-        if st.st_size > max_file:
-            problems.append(f"{rel}: {st.st_size} bytes exceeds RELOAD_MAX_FILE_BYTES={max_file}")
+        if not found.fits(rel, st.st_size):
             return None
         chunks: list[bytes] = []
         size = 0
-        while chunk := os.read(fd, max(65536, max_file + 1 - size)):
+        while chunk := os.read(fd, max(65536, found.max_file + 1 - size)):
             chunks.append(chunk)
             size += len(chunk)
-            if size > max_file:
-                problems.append(f"{rel}: grew past RELOAD_MAX_FILE_BYTES={max_file} while being read")
+            if size > found.max_file:
+                found.problems.append(f"{rel}: grew past RELOAD_MAX_FILE_BYTES={found.max_file} while being read")
                 return None
         return b"".join(chunks)
     except OSError as e:
-        problems.append(f"{rel}: read error: {e.strerror}")
+        found.problems.append(f"{rel}: read error: {e.strerror}")
         return None
     finally:
         os.close(fd)
