@@ -1,0 +1,161 @@
+"""watch.changes(): real inotify (or the watchfiles fallback) on real directories.
+
+kubelet volume:  ..2026_.../ (ignored)  ..data -> ..2026_... (its rename is the change)  app.yaml -> ..data/app.yaml
+plain dir:       app.yaml, conf.d/x.conf (edited in place; new subdirectories are watched as they appear)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sidecar import watch
+from sidecar.watch import Tick, changes
+from tests.kubelet import project
+
+
+class Ticks:
+    """Collects the ticks of one `changes()` generator running as a task."""
+
+    def __init__(self) -> None:
+        self.ticks: list[tuple[float, Tick]] = []
+        self.new = asyncio.Event()
+
+    def kinds(self) -> list[Tick]:
+        return [kind for _, kind in self.ticks]
+
+    async def next(self, within: float = 2.0) -> Tick:
+        seen = len(self.ticks)
+        end = time.monotonic() + within
+        while len(self.ticks) == seen:
+            self.new.clear()
+            await asyncio.wait_for(self.new.wait(), max(0.001, end - time.monotonic()))
+        return self.ticks[seen][1]
+
+    async def quiet(self, seconds: float) -> None:
+        seen = len(self.ticks)
+        await asyncio.sleep(seconds)
+        assert len(self.ticks) == seen, f"unexpected ticks: {self.kinds()[seen:]}"
+
+
+@contextlib.asynccontextmanager
+async def watching(source: Path, debounce_ms: int = 0, resync_s: float = 0) -> AsyncIterator[Ticks]:
+    stop = asyncio.Event()
+    ticks = Ticks()
+
+    async def run() -> None:
+        async for tick in changes(source, debounce_ms=debounce_ms, resync_s=resync_s, stop=stop):
+            ticks.ticks.append((time.monotonic(), tick))
+            ticks.new.set()
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0.05)  # watches in place
+    try:
+        yield ticks
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_kubelet_swap_is_one_change(tmp_path: Path) -> None:
+    """A kubelet-style ..data swap gives a change; the kubelet's own ..* bookkeeping alone gives none."""
+    volume = tmp_path / "volume"
+    project(volume, {"app.yaml": "v: 1\n"})
+    async with watching(volume, debounce_ms=50) as ticks:
+        project(volume, {"app.yaml": "v: 2\n"})
+        assert await ticks.next() == "change"
+        await ticks.quiet(0.3)
+        (volume / "..2099_01_01_00_00_00.1").mkdir()  # a version dir appearing is not yet a change
+        await ticks.quiet(0.3)
+
+
+async def test_plain_directory_edits_and_new_subdirectories(tmp_path: Path) -> None:
+    """In a plain directory an in-place edit is a change, and so is an edit in a subdirectory created later."""
+    source = tmp_path / "conf"
+    source.mkdir()
+    (source / "app.yaml").write_text("v: 1\n")
+    async with watching(source) as ticks:
+        (source / "app.yaml").write_text("v: 2\n")
+        assert await ticks.next() == "change"
+        (source / "conf.d").mkdir()
+        assert await ticks.next() == "change"
+        await asyncio.sleep(0.05)
+        (source / "conf.d" / "x.conf").write_text("x\n")
+        assert await ticks.next() == "change"
+
+
+async def test_burst_is_debounced_into_one_change(tmp_path: Path) -> None:
+    """Twenty edits 10 ms apart with a 100 ms debounce end in one change, about 100 ms after the last."""
+    source = tmp_path / "conf"
+    source.mkdir()
+    async with watching(source, debounce_ms=100) as ticks:
+        for i in range(20):
+            (source / "app.yaml").write_text(f"v: {i}\n")
+            await asyncio.sleep(0.01)
+        last = time.monotonic()
+        assert await ticks.next() == "change"
+        assert ticks.ticks[0][0] - last >= 0.09
+        await ticks.quiet(0.4)
+        assert ticks.kinds() == ["change"]
+
+
+async def test_endless_stream_still_gets_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changes that never stop still produce a change once the maximum wait has passed."""
+    monkeypatch.setattr(watch, "_MAX_WAIT_MIN_S", 0.3)
+    source = tmp_path / "conf"
+    source.mkdir()
+    async with watching(source, debounce_ms=20) as ticks:
+        start = time.monotonic()
+        while not ticks.ticks and time.monotonic() - start < 3:
+            (source / "app.yaml").write_text(str(time.monotonic()))
+            await asyncio.sleep(0.005)
+        assert ticks.kinds()[:1] == ["change"]
+        assert 0.25 <= ticks.ticks[0][0] - start < 1.5
+
+
+async def test_resync_ticks_when_nothing_changes(tmp_path: Path) -> None:
+    """With RELOAD_RESYNC_S set, an idle source still gets periodic resync ticks."""
+    source = tmp_path / "conf"
+    source.mkdir()
+    async with watching(source, resync_s=0.1) as ticks:
+        assert await ticks.next() == "resync"
+        assert await ticks.next() == "resync"
+
+
+async def test_stop_ends_the_generator_promptly(tmp_path: Path) -> None:
+    """Setting the stop event ends the stream at once, even with no resync timer."""
+    source = tmp_path / "conf"
+    source.mkdir()
+    stop = asyncio.Event()
+    seen: list[Tick] = []
+
+    async def run() -> None:
+        async for tick in changes(source, debounce_ms=0, resync_s=0, stop=stop):
+            seen.append(tick)
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert time.monotonic() - started < 0.5 and seen == []
+
+
+async def test_falls_back_to_watchfiles_without_inotify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When inotify cannot be used (e.g. out of watches), watchfiles takes over and changes still arrive."""
+
+    def no_inotify(*args: object) -> None:
+        raise OSError(28, "inotify watch: No space left on device (fs.inotify.max_user_watches)")
+
+    monkeypatch.setattr(watch._Inotify, "__init__", no_inotify)
+    volume = tmp_path / "volume"
+    project(volume, {"app.yaml": "v: 1\n"})
+    async with watching(volume) as ticks:
+        await asyncio.sleep(0.3)  # watchfiles starts its notifier in a thread
+        project(volume, {"app.yaml": "v: 2\n"})
+        assert await ticks.next(within=5) == "change"
