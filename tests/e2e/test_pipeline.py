@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.apps import http_get
 from tests.e2e.receiver import always, reader, serving
 from tests.e2e.sidecar_proc import Sidecar, live_files, running, wait_for
 from tests.kubelet import project
@@ -43,6 +44,8 @@ def test_good_swap_is_promoted_then_the_app_is_told(tmp_path: Path) -> None:
             assert app.count() == 1
             assert app.loaded == [GOOD2["app.yaml"]], "the app must find the new files when told to reload"
             assert live_files(target) == _bytes(GOOD2)
+            raw = http_get(car.url + "/status")[1]
+            assert "second" not in raw and "first" not in raw, "/status must never show file contents"
             assert second["ready"] is True
             metrics = car.metrics()
             assert metrics['reload_sidecar_reloads_total{result="success"}'] == 2.0
