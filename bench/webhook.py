@@ -58,7 +58,9 @@ async def run(
         nonlocal denied
         while queue:
             i = queue.pop()
-            doc = review(f"{tag}-{i}", profile=profile, data=data)
+            # a different comment in every review: each one is parsed (the per-file verdict cache never hits)
+            unique = {key: f"{text}\n# review {tag}-{i}\n" for key, text in data.items()}
+            doc = review(f"{tag}-{i}", profile=profile, data=unique)
             start = time.perf_counter()
             async with session.post(url, json=doc) as resp:
                 answer = await resp.json()
