@@ -191,13 +191,14 @@ class Reloader:
         self.state.phase = "waiting"
         self.state.mark(v, "waiting")
         gate = asyncio.ensure_future(self.gate.wait(v))
-        newer = asyncio.ensure_future(self._wake.wait())
-        await asyncio.wait({gate, newer}, return_when=asyncio.FIRST_COMPLETED)
-        newer.cancel()
-        if not gate.done():
-            gate.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gate
+        try:
+            await _first(gate, self._wake.wait())
+        finally:  # superseded, or this pass itself cancelled (shutdown): the gate's polling stops too
+            if not gate.done():
+                gate.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gate
+        if gate.cancelled():
             log.info("superseded")
             return False
         if gate.result() == "held":
