@@ -183,6 +183,11 @@ async def test_hanging_app_is_a_timeout(session: aiohttp.ClientSession) -> None:
     assert "timeout x" in outcome.reason
 
 
+def _metric_check(url: str, base: str, check: str, *, successes: int, timeout_s: float) -> HealthCheck:
+    """A health check polling every 10 ms with one metric sample check on `base`/metrics."""
+    return HealthCheck(url, successes, 0.01, timeout_s, f"{base}/metrics", parse_metric_check(check))
+
+
 @pytest.mark.parametrize(
     ("check", "ok", "evidence"),
     [
@@ -203,14 +208,8 @@ async def test_metric_check_on_a_prometheus_page(
     async with serving(metrics_page(PROM_OK)) as base:
         outcome = await verify(
             session,
-            HealthCheck(
-                f"{base}/healthz",
-                successes=2,
-                interval_s=0.01,
-                timeout_s=3.0 if ok else 0.1,  # a healthy app answers at the 2nd poll; room for a slow CI box
-                metric_url=f"{base}/metrics",
-                metric=parse_metric_check(check),
-            ),
+            # a healthy app answers at the 2nd poll; room for a slow CI box
+            _metric_check(f"{base}/healthz", base, check, successes=2, timeout_s=3.0 if ok else 0.1),
         )
     assert outcome.ok is ok, outcome.reason
     assert evidence in outcome.reason
@@ -222,13 +221,8 @@ async def test_failed_reload_metric_is_unhealthy(session: aiohttp.ClientSession)
     async with serving(metrics_page(page)) as base:
         outcome = await verify(
             session,
-            HealthCheck(
-                f"{base}/healthz",
-                successes=1,
-                interval_s=0.01,
-                timeout_s=0.05,
-                metric_url=f"{base}/metrics",
-                metric=parse_metric_check("prometheus_config_last_reload_successful==1"),
+            _metric_check(
+                f"{base}/healthz", base, "prometheus_config_last_reload_successful==1", successes=1, timeout_s=0.05
             ),
         )
     assert not outcome.ok
@@ -240,14 +234,7 @@ async def test_metric_only_check(session: aiohttp.ClientSession) -> None:
     async with serving(metrics_page(PROM_OK)) as base:
         outcome = await verify(
             session,
-            HealthCheck(
-                "",
-                successes=2,
-                interval_s=0.01,
-                timeout_s=3,
-                metric_url=f"{base}/metrics",
-                metric=parse_metric_check("prometheus_config_last_reload_successful==1"),
-            ),
+            _metric_check("", base, "prometheus_config_last_reload_successful==1", successes=2, timeout_s=3),
         )
     assert outcome.ok and outcome.polls == 2
 
@@ -263,13 +250,6 @@ async def test_metrics_page_error_is_unhealthy(session: aiohttp.ClientSession) -
     async with serving(broken) as base:
         outcome = await verify(
             session,
-            HealthCheck(
-                f"{base}/healthz",
-                successes=1,
-                interval_s=0.01,
-                timeout_s=0.05,
-                metric_url=f"{base}/metrics",
-                metric=parse_metric_check("up==1"),
-            ),
+            _metric_check(f"{base}/healthz", base, "up==1", successes=1, timeout_s=0.05),
         )
     assert not outcome.ok and "metrics HTTP 500 x" in outcome.reason

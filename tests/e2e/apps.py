@@ -83,16 +83,14 @@ def promtool_bin() -> str:
 
 def http_get(url: str, timeout: float = HTTP_TIMEOUT_S) -> tuple[int, str]:
     """GET ``url``; (status, body) for any HTTP answer, including 4xx/5xx."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as err:
-        with err:
-            return int(err.code), err.read().decode("utf-8", "replace")
+    return _http(urllib.request.Request(url), timeout)
 
 
 def _http_post(url: str, timeout: float = HTTP_TIMEOUT_S) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=b"", method="POST")
+    return _http(urllib.request.Request(url, data=b"", method="POST"), timeout)
+
+
+def _http(req: urllib.request.Request, timeout: float) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return int(resp.status), resp.read().decode("utf-8", "replace")
