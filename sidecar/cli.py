@@ -140,6 +140,7 @@ async def _validate(settings: Settings, directory: Path) -> int:
 async def _once(settings: Settings) -> int:
     from . import promote
     from .snapshot import SourceError, read_snapshot
+    from .state import State, load_state, save_state
     from .validate import Checks, validate
 
     target = settings.target_dir
@@ -162,6 +163,12 @@ async def _once(settings: Settings) -> int:
         log.error("refused", version=snap.version, problems=list(verdict.problems))
         return 1
     wrote = promote.promote(snap, target)
+    # Committed as the sidecar's first promotion is, so the sidecar that starts next does not reload
+    # (and re-verify) the app on a version it already has.
+    state = State(pod=settings.pod_name)
+    load_state(target, state)
+    state.last_good = snap.version
+    save_state(target, state)
     log.info("promoted", version=snap.version, files=len(snap.files), new_dir=wrote)
     return 0
 

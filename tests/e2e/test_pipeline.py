@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -248,3 +249,23 @@ def test_sigterm_during_a_long_verification_stops_promptly_and_cleanly(tmp_path:
             assert car.events("pass_cancelled") and car.events("stopped")
         finally:
             car.kill()
+
+
+def test_once_then_run_does_not_reload_the_app_again(tmp_path: Path) -> None:
+    """`once` (initContainer) promotes and commits: the sidecar starting next keeps that version and
+    does not signal the app for it."""
+    volume, target = tmp_path / "volume", tmp_path / "target"
+    project(volume, GOOD1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELOAD_")}
+    env.update(RELOAD_SOURCE_DIR=str(volume), RELOAD_TARGET_DIR=str(target))
+    done = subprocess.run([sys.executable, "-m", "sidecar", "once"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert live_files(target) == _bytes(GOOD1)
+    with serving(always(200)) as app:
+        with running(volume, target, tmp_path, RELOAD_RELOAD_URL=app.url + "/-/reload") as car:
+            st = car.wait_current()
+            time.sleep(0.5)
+            assert st["current"] == st["last_good"] and st["ready"] is True
+            assert app.count() == 0
+            project(volume, GOOD2)
+            wait_for(lambda: app.count() == 1, 10, what="the next version reloads the app as usual")
