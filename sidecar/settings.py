@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-__all__ = ["ENV_VARS", "Expect", "Settings", "SettingsError", "Stagger", "ValidatorSpec", "parse_validators"]
+__all__ = [
+    "ENV_VARS",
+    "Expect",
+    "Settings",
+    "SettingsError",
+    "Stagger",
+    "ValidatorSpec",
+    "parse_command",
+    "parse_validators",
+]
 
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -203,11 +212,16 @@ def parse_validators(raw: str) -> tuple[ValidatorSpec, ...]:
     return tuple(s for s in specs if s.kind != "none")
 
 
-def _command(raw: str) -> tuple[str, ...]:
+def parse_command(raw: str) -> tuple[str, ...]:
+    """A checker command line -> argv (split like a shell would, never run by one); it must use `{dir}`."""
     try:
         argv = tuple(shlex.split(raw))
     except ValueError as e:
         raise ValueError(f"cannot split into arguments: {e}") from None
+    if argv and not any("{dir}" in a for a in argv):
+        raise ValueError(
+            "has no {dir}; the checker must be pointed at the candidate, e.g. nginx -t -c {dir}/nginx.conf"
+        )
     return argv
 
 
@@ -286,7 +300,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_MAX_FILE_BYTES", "max_file_bytes", _int(1)),
     ("RELOAD_MAX_TOTAL_BYTES", "max_total_bytes", _int(1)),
     ("RELOAD_VALIDATE", "validators", parse_validators),
-    ("RELOAD_VALIDATE_COMMAND", "validate_command", _command),
+    ("RELOAD_VALIDATE_COMMAND", "validate_command", parse_command),
     ("RELOAD_VALIDATE_TIMEOUT_S", "validate_timeout_s", _float(0.1)),
     ("RELOAD_RELOAD_URL", "reload_url", _url),
     ("RELOAD_RELOAD_METHOD", "reload_method", _method),
@@ -353,8 +367,3 @@ def _cross_checks(p: _Parser, kw: dict[str, object]) -> None:
             )
     if "max_file_bytes" in kw and "max_total_bytes" in kw and kw["max_file_bytes"] > kw["max_total_bytes"]:  # type: ignore[operator]
         p.problems.append("RELOAD_MAX_FILE_BYTES is larger than RELOAD_MAX_TOTAL_BYTES")
-    if kw.get("validate_command") and not any("{dir}" in a for a in kw["validate_command"]):  # type: ignore[attr-defined]
-        p.problems.append(
-            f"RELOAD_VALIDATE_COMMAND={env['RELOAD_VALIDATE_COMMAND']!r}: has no {{dir}}; the checker must be "
-            "pointed at the candidate, e.g. nginx -t -c {dir}/nginx.conf"
-        )

@@ -18,7 +18,6 @@ import binascii
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import ssl
@@ -32,7 +31,7 @@ import structlog
 import yaml
 from aiohttp import web
 
-from .settings import Settings, SettingsError, parse_validators
+from .settings import Settings, SettingsError, parse_command, parse_validators
 from .snapshot import snapshot_of
 from .validate import Checks, validate
 
@@ -175,11 +174,9 @@ def _profile(name: str, body: object, base: Path) -> Profile:
     if not isinstance(command, str):
         raise ValueError(f"command: expected a string such as 'nginx -t -c {{dir}}/nginx.conf', got {command!r}")
     try:
-        argv = tuple(shlex.split(command))
+        argv = parse_command(command)
     except ValueError as e:
-        raise ValueError(f"command: cannot split into arguments: {e}") from None
-    if argv and not any("{dir}" in a for a in argv):
-        raise ValueError(f"command {command!r} has no {{dir}}; point the checker at the candidate")
+        raise ValueError(f"command {command!r} {e}") from None
     if argv and shutil.which(argv[0]) is None:
         raise ValueError(f"command: {argv[0]!r} not found on PATH (the checker must be in the webhook's image)")
     timeout = body.get("timeout_s", DEFAULT_TIMEOUT_S)
