@@ -113,21 +113,15 @@ def _import_aiohttp_without_ca_bundle(settings: Settings) -> None:
 
 
 async def _validate(settings: Settings, directory: Path) -> int:
-    from .snapshot import SourceError, read_snapshot
+    from .snapshot import SourceError, read_configured
     from .validate import Checks, validate
 
     try:
-        snap = read_snapshot(
-            directory,
-            include=settings.include,
-            exclude=settings.exclude,
-            max_file_bytes=settings.max_file_bytes,
-            max_total_bytes=settings.max_total_bytes,
-        )
+        snap = read_configured(directory, settings)
     except SourceError as e:
         print(f"{directory}: {e}")
         return 1
-    verdict = await validate(snap, Checks(settings.validators, settings.validate_command, settings.validate_timeout_s))
+    verdict = await validate(snap, Checks.from_settings(settings))
     if verdict.ok:
         print(f"{directory}: ok ({len(snap.files)} files, version {snap.version})")
         return 0
@@ -139,26 +133,18 @@ async def _validate(settings: Settings, directory: Path) -> int:
 
 async def _once(settings: Settings) -> int:
     from . import promote
-    from .snapshot import SourceError, read_snapshot
+    from .snapshot import SourceError, read_configured
     from .state import State, load_state, save_state
     from .validate import Checks, validate
 
     target = settings.target_dir
     promote.clean_leftovers(target)
     try:
-        snap = read_snapshot(
-            settings.source_dir,
-            include=settings.include,
-            exclude=settings.exclude,
-            max_file_bytes=settings.max_file_bytes,
-            max_total_bytes=settings.max_total_bytes,
-        )
+        snap = read_configured(settings.source_dir, settings)
     except SourceError as e:
         log.error("source_unreadable", error=str(e))
         return 1
-    verdict = await validate(
-        snap, Checks(settings.validators, settings.validate_command, settings.validate_timeout_s, target)
-    )
+    verdict = await validate(snap, Checks.from_settings(settings, target))
     if not verdict.ok:
         log.error("refused", version=snap.version, problems=list(verdict.problems))
         return 1

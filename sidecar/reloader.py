@@ -23,7 +23,7 @@ from . import promote as _promote
 from .metrics import Metrics
 from .settings import Settings
 from .signal import Trigger, TriggerError
-from .snapshot import Snapshot, SourceError, read_snapshot
+from .snapshot import Snapshot, SourceError, read_configured
 from .stagger import Gate
 from .state import Refusal, State, load_state, save_state
 from .validate import Checks, validate
@@ -57,9 +57,7 @@ class Reloader:
     ) -> None:
         self.s, self.state, self.metrics = settings, state, metrics
         self.trigger, self.gate, self.session, self.health = trigger, gate, session, health
-        self.checks = Checks(
-            settings.validators, settings.validate_command, settings.validate_timeout_s, settings.target_dir
-        )
+        self.checks = Checks.from_settings(settings, settings.target_dir)
         self._wake = asyncio.Event()
         self._last_small = False  # was the last snapshot small enough to read without a thread hop?
         self._worker: asyncio.Task[None] | None = None
@@ -138,17 +136,7 @@ class Reloader:
             await self._rollback(state.current, "a quarantined version was live at start-up")
             return
         try:
-            snap = await _blocking(
-                self._last_small,
-                functools.partial(
-                    read_snapshot,
-                    self.s.source_dir,
-                    include=self.s.include,
-                    exclude=self.s.exclude,
-                    max_file_bytes=self.s.max_file_bytes,
-                    max_total_bytes=self.s.max_total_bytes,
-                ),
-            )
+            snap = await _blocking(self._last_small, functools.partial(read_configured, self.s.source_dir, self.s))
             self._last_small = snap.small
         except SourceError as e:
             state.error(str(e))

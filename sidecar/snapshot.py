@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Snapshot", "SourceError", "read_snapshot", "snapshot_of"]
+from .settings import Settings
+
+__all__ = ["Snapshot", "SourceError", "read_configured", "read_snapshot", "snapshot_of"]
 
 _DATA = "..data"
 _MAX_DEPTH = 32
@@ -67,6 +69,17 @@ def read_snapshot(
         except _Vanished:
             continue
     raise SourceError(f"{source}: the volume kept changing while being read")
+
+
+def read_configured(source: Path, settings: Settings) -> Snapshot:
+    """`read_snapshot` with the include/exclude globs and size limits the settings give."""
+    return read_snapshot(
+        source,
+        include=settings.include,
+        exclude=settings.exclude,
+        max_file_bytes=settings.max_file_bytes,
+        max_total_bytes=settings.max_total_bytes,
+    )
 
 
 def snapshot_of(

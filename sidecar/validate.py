@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .settings import ValidatorSpec
+from .settings import Settings, ValidatorSpec
 from .snapshot import Snapshot
 
 __all__ = ["Checks", "Verdict", "check_parse", "run_command", "stage_files", "validate"]
@@ -49,6 +49,10 @@ class Checks:
     timeout_s: float = 10.0
     # Where staged copies for the checker are made (the sidecar uses its target dir: same filesystem).
     work_dir: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, work_dir: Path | None = None) -> Checks:
+        return cls(settings.validators, settings.validate_command, settings.validate_timeout_s, work_dir)
 
 
 @dataclass(frozen=True, slots=True)
