@@ -21,7 +21,16 @@ from pathlib import Path
 
 from .snapshot import Snapshot
 
-__all__ = ["PromoteError", "activate", "clean_leftovers", "current_version", "promote", "prune", "version_dir"]
+__all__ = [
+    "PromoteError",
+    "activate",
+    "clean_leftovers",
+    "current_version",
+    "fsync_dir",
+    "promote",
+    "prune",
+    "version_dir",
+]
 
 DATA = "..data"
 _DATA_TMP = "..data_tmp"
@@ -72,7 +81,7 @@ def activate(target: Path, version: str) -> None:
         _check_top_links(target, top_level)
         _swap(target, f"{_PREFIX}{version}", DATA)
         _sync_top_links(target, top_level)
-        _fsync_dir(target)
+        fsync_dir(target)
     except OSError as e:
         raise PromoteError(f"rollback into {target} failed: {e}") from e
 
@@ -106,7 +115,7 @@ def _write_version(target: Path, snapshot: Snapshot, fsync: bool) -> None:
     _sync_and_close(pending, fsync)
     if fsync:
         for directory in reversed(dirs):
-            _fsync_dir(directory)
+            fsync_dir(directory)
     os.rename(tmp, final)
 
 
@@ -168,7 +177,8 @@ def _sync_top_links(target: Path, top_level: set[str]) -> None:
             _swap(target, f"{DATA}/{name}", name)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of `path` (new files, renames) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .promote import fsync_dir
+
 __all__ = ["STATE_FILE", "Phase", "Refusal", "State", "load_state", "save_state"]
 
 STATE_FILE = "..reload-sidecar-state.json"
@@ -121,12 +123,7 @@ def save_state(target: Path, state: State) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target / STATE_FILE)
-    # Makes this rename durable, and the ..data swap of the version being committed with it.
-    dir_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(target)  # makes this rename durable, and the ..data swap of the version being committed with it
 
 
 def load_state(target: Path, state: State) -> str | None:
