@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.metrics import Metrics
@@ -29,14 +33,20 @@ class Box:
         self.state, self.metrics, self.alive = State(pod="web-0"), Metrics(), True
 
 
+@contextlib.asynccontextmanager
+async def _serving(box: Box, **kw: float) -> AsyncIterator[tuple[int, web.AppRunner]]:
+    runner, port = await start_server(make_app(Api(box.state, box.metrics, lambda: box.alive), **kw), "127.0.0.1", 0)
+    try:
+        yield port, runner
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def api() -> AsyncIterator[tuple[str, Box]]:
     box = Box()
-    runner, port = await start_server(make_app(Api(box.state, box.metrics, lambda: box.alive)), "127.0.0.1", 0)
-    try:
+    async with _serving(box) as (port, _):
         yield f"http://127.0.0.1:{port}", box
-    finally:
-        await runner.cleanup()
 
 
 async def _get(url: str, method: str = "GET") -> tuple[int, str]:
@@ -91,3 +101,63 @@ async def test_nothing_changes_state(api: tuple[str, Box], method: str) -> None:
     for path in ("/healthz", "/readyz", "/status", "/metrics"):
         assert (await _get(base + path, method))[0] == 405
     assert box.state.current is None and box.state.ready is False
+
+
+# --- idle connections -------------------------------------------------------------------------------------
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _ask(conn: Conn, path: str) -> int:
+    """One keep-alive request on an open connection; its status."""
+    reader, writer = conn
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: sidecar\r\n\r\n".encode())
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    length = next(int(line.split(":")[1]) for line in head.split("\r\n") if line.lower().startswith("content-length"))
+    await reader.readexactly(length)
+    return int(head.split()[1])
+
+
+async def _closed_by_server(conn: Conn, within: float) -> bool:
+    """True once the server closes `conn` (EOF); False if it is still open after `within` s."""
+    try:
+        return await asyncio.wait_for(conn[0].read(), within) == b""
+    except TimeoutError:
+        return False
+
+
+async def test_idle_connections_are_closed() -> None:
+    """Connections that send nothing, half a request, or nothing after an answer are closed by the server."""
+    async with _serving(Box(), idle_timeout_s=1.0) as (port, runner):
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        partial = await asyncio.open_connection("127.0.0.1", port)
+        partial[1].write(b"GET /status HTTP/1.1\r\nHost: sidecar\r\n")  # never finished
+        answered = await asyncio.open_connection("127.0.0.1", port)
+        assert await _ask(answered, "/healthz") == 200
+        conns = [*silent, partial, answered]
+        assert all(await asyncio.gather(*(_closed_by_server(c, 30) for c in conns)))
+        assert runner.server is not None and runner.server.connections == []
+        for _, writer in conns:
+            writer.close()
+
+
+async def test_kept_alive_connection_outlives_the_idle_timeout_while_used() -> None:
+    """A client polling more often than the idle timeout keeps one connection for longer than the timeout."""
+    async with _serving(Box(), idle_timeout_s=2.0) as (port, runner):
+        conn = await asyncio.open_connection("127.0.0.1", port)
+        start = time.monotonic()
+        for _ in range(10):  # one request every 0.4 s: the connection lives twice the timeout
+            assert await _ask(conn, "/status") == 200
+            await asyncio.sleep(0.4)
+        assert time.monotonic() - start > 2 * 2.0
+        assert runner.server is not None and len(runner.server.connections) == 1
+        # An aiohttp client (how peers poll /status) reuses its pooled connection between polls too.
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.get(f"http://127.0.0.1:{port}/status") as resp:
+                    assert resp.status == 200
+                await asyncio.sleep(0.4)
+            assert len(runner.server.connections) == 2
+        assert await _closed_by_server(conn, 30)
+        conn[1].close()

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,15 @@ import pytest
 from aiohttp import web
 
 from sidecar.settings import Settings
-from sidecar.signal import HttpTrigger, NoTrigger, SignalTrigger, TriggerError, find_process, make_trigger
+from sidecar.signal import (
+    PID_MAX,
+    HttpTrigger,
+    NoTrigger,
+    SignalTrigger,
+    TriggerError,
+    find_processes,
+    make_trigger,
+)
 from tests.aio import serving
 
 
@@ -183,6 +192,7 @@ class App:
     """A real app process that appends `<pid> HUP` to a marker file on SIGHUP and writes a pidfile."""
 
     def __init__(self, tmp: Path, *, exe: str = sys.executable, fork: bool = False) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.marker, self.pidfile = tmp / "marker", tmp / "app.pid"
         self.script = tmp / "app.py"
         self.script.write_text(APP)
@@ -220,8 +230,8 @@ class App:
 def start_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
     apps: list[App] = []
 
-    def start(**kw: object) -> App:
-        app = App(tmp_path, **kw)  # type: ignore[arg-type]
+    def start(subdir: str = "", **kw: object) -> App:
+        app = App(tmp_path / subdir, **kw)  # type: ignore[arg-type]
         apps.append(app)
         return app
 
@@ -274,7 +284,7 @@ async def test_find_process_picks_the_master(start_app: Callable[..., App], uniq
     name = Path(unique_exe).name
     assert app.worker is not None
     assert _comm(app.worker) == name
-    assert find_process(name) == app.pid
+    assert find_processes(name) == [app.pid]
     await SignalTrigger(signal.SIGHUP, process=name).fire()
     assert app.hups(1) == [f"{app.pid} HUP"]
     await asyncio.sleep(0.05)
@@ -287,9 +297,9 @@ def test_find_process_by_argv0(tmp_path: Path) -> None:
     proc = subprocess.Popen(["bash", "-c", f"exec -a {name} sleep 30"], start_new_session=True)
     try:
         deadline = time.monotonic() + 5
-        while find_process(name) is None and time.monotonic() < deadline:
+        while not find_processes(name) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert find_process(name) == proc.pid
+        assert find_processes(name) == [proc.pid]
         assert _comm(proc.pid) == "sleep"
     finally:
         proc.kill()
@@ -303,7 +313,8 @@ def _fake_proc(root: Path, procs: dict[int, tuple[str, str, int]]) -> Path:
         d.mkdir(parents=True)
         (d / "comm").write_text(comm + "\n")
         (d / "cmdline").write_bytes(argv0.encode() + b"\0-g\0daemon off;\0")
-        (d / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1")
+        rest = " ".join(["0"] * 48)  # the fields after ppid: pgrp, session, ..., starttime (22nd), ...
+        (d / "stat").write_text(f"{pid} ({comm}) S {ppid} {rest}\n")
     (root / "self").mkdir()
     (root / "uptime").write_text("1 1")
     return root
@@ -321,14 +332,14 @@ def test_find_process_understands_nginx_titles(tmp_path: Path) -> None:
             50: ("reload-sidecar", "/usr/local/bin/python", 1),
         },
     )
-    assert find_process("nginx", proc) == 40
-    assert find_process("pause", proc) == 1
-    assert find_process("prometheus", proc) is None
+    assert find_processes("nginx", proc) == [40]
+    assert find_processes("pause", proc) == [1]
+    assert find_processes("prometheus", proc) == []
 
 
 def test_find_process_unknown_name_is_none() -> None:
-    """A name no process has gives None."""
-    assert find_process(f"no-such-process-{secrets.token_hex(4)}") is None
+    """A name no process has gives no pid."""
+    assert find_processes(f"no-such-process-{secrets.token_hex(4)}") == []
 
 
 async def test_unknown_process_name_is_a_clear_error() -> None:
@@ -390,3 +401,192 @@ def test_pid_zero_in_pidfile_is_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
     assert "refused:" in proc.stdout
+
+
+# --- pidfile reading: never blocks, bounded, one decimal number ----------------------------------------------
+
+
+def _fire_in_thread(trigger: SignalTrigger, within: float) -> tuple[bool, BaseException | str | None]:
+    """(blocked, outcome) of `trigger.fire()` run in a thread of its own, given `within` s to finish."""
+    outcome: list[BaseException | str] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(trigger.fire()))
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(within)
+    return thread.is_alive(), outcome[0] if outcome else None
+
+
+def test_fifo_pidfile_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO as pidfile is refused at once; it is never opened for a blocking read (which would hang the loop)."""
+    path = tmp_path / "app.pid"
+    os.mkfifo(path)
+    blocked, outcome = _fire_in_thread(SignalTrigger(signal.SIGHUP, pidfile=path), 20)
+    if blocked:  # release the reader so the thread ends, then fail
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    assert not blocked, "reading the pidfile blocked on a FIFO"
+    assert isinstance(outcome, TriggerError), outcome
+    assert str(outcome) == f"pidfile {path} is a FIFO, not a regular file; refusing to read it"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"99999999999999999999\n", f"holds 99999999999999999999, not a pid (pids are 1 to {PID_MAX})"),
+        (f"{PID_MAX + 1}\n".encode(), f"holds {PID_MAX + 1}, not a pid (pids are 1 to {PID_MAX})"),
+        (b"0\n", f"holds 0, not a pid (pids are 1 to {PID_MAX})"),
+        ("²\n".encode(), "holds '²', not the app's pid"),
+        # Arabic-Indic digits: str.isdigit() and int() take them (too large to name any process if they did)
+        (("٩" * 20).encode(), f"holds '{'٩' * 20}', not the app's pid"),
+        (b"\xff\xfe12\n", "holds '\\\\xff\\\\xfe12', not the app's pid"),
+        (b"12\x0034", "holds '12\\x0034', not the app's pid"),
+    ],
+)
+async def test_pidfile_holding_no_pid_is_a_trigger_error(tmp_path: Path, content: bytes, says: str) -> None:
+    """Out-of-range numbers, non-ASCII digits and non-UTF-8 bytes are a TriggerError, never another exception."""
+    path = tmp_path / "app.pid"
+    path.write_bytes(content)
+    with pytest.raises(TriggerError) as exc:
+        await SignalTrigger(signal.SIGHUP, pidfile=path).fire()
+    assert str(exc.value) == f"pidfile {path} {says}"
+
+
+async def test_oversized_pidfile_is_refused_unread(start_app: Callable[..., App], tmp_path: Path) -> None:
+    """A pidfile over 64 bytes is refused by its size, even when it starts with the app's pid; a 400 MB one too."""
+    app = start_app()
+    padded = tmp_path / "padded.pid"
+    padded.write_text(f"{app.pid}\n" + "\n" * 100)
+    with pytest.raises(TriggerError) as exc:
+        await SignalTrigger(signal.SIGHUP, pidfile=padded).fire()
+    assert (
+        str(exc.value) == f"pidfile {padded} is {len(str(app.pid)) + 101} bytes, too large to hold a pid (at most 64)"
+    )
+    huge = tmp_path / "huge.pid"
+    with huge.open("wb") as f:
+        f.truncate(400 << 20)  # sparse: costs no disk, but a whole read would take 400 MB of memory
+    with pytest.raises(TriggerError, match=f"pidfile {huge} is {400 << 20} bytes, too large"):
+        await SignalTrigger(signal.SIGHUP, pidfile=huge).fire()
+    await asyncio.sleep(0.05)
+    assert app.hups(0) == []
+
+
+# --- the target is checked before it is signalled ------------------------------------------------------------
+
+NAMESPACE_PROBE = """
+import asyncio, os, pathlib, signal, subprocess, sys
+from sidecar.signal import SignalTrigger, TriggerError
+depth, path = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+if depth < 3:  # pid 1 of the new namespace starts pid 2, which starts pid 3 (the probe)
+    sys.exit(subprocess.run([sys.executable, __file__, str(depth + 1), str(path)]).returncode)
+for target in (1, os.getppid()):
+    path.write_text(f"{target}\\n")
+    try:
+        print("signalled", target, asyncio.run(SignalTrigger(signal.SIGWINCH, pidfile=path).fire()), flush=True)
+    except TriggerError as e:
+        print("refused", target, e, flush=True)
+"""
+
+
+def test_pid_1_and_the_sidecars_ancestors_are_refused(tmp_path: Path) -> None:
+    """In a PID namespace of its own (needs root): a pidfile naming pid 1 or the sidecar's parent is refused."""
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        pytest.skip("needs root and unshare(1) for a PID namespace of its own")
+    script = tmp_path / "probe.py"
+    script.write_text(NAMESPACE_PROBE)
+    path = tmp_path / "app.pid"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [unshare, "--pid", "--fork", "--mount-proc", sys.executable, str(script), "1", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines == [
+        f"refused 1 pidfile {path} names pid 1, the init process of the pod (or container), never the app",
+        f"refused 2 pidfile {path} names pid 2, an ancestor of the sidecar, never the app",
+    ], proc.stdout
+
+
+async def test_own_pid_is_refused(tmp_path: Path) -> None:
+    """A pidfile naming the sidecar itself is refused."""
+    path = tmp_path / "app.pid"
+    path.write_text(f"{os.getpid()}\n")
+    with pytest.raises(TriggerError) as exc:
+        await SignalTrigger(signal.SIGWINCH, pidfile=path).fire()
+    assert str(exc.value) == f"pidfile {path} names pid {os.getpid()}, the sidecar itself"
+
+
+async def test_pid_of_a_process_younger_than_the_pidfile_is_refused(start_app: Callable[..., App]) -> None:
+    """A process started after its pidfile was last written did not write it (a reused pid): no signal."""
+    app = start_app()
+    written = time.time() - 30  # the pidfile's last write, 30 s before the process started
+    os.utime(app.pidfile, (written, written))
+    with pytest.raises(TriggerError) as exc:
+        await SignalTrigger(signal.SIGHUP, pidfile=app.pidfile).fire()
+    assert f"process {app.pid} ('python" in str(exc.value)
+    assert f"s after pidfile {app.pidfile} was last written, so it is not the process that wrote it" in str(exc.value)
+    await asyncio.sleep(0.05)
+    assert app.hups(0) == []
+    app.pidfile.write_text(f"{app.pid}\n")  # written again now: the process is older than the pidfile
+    assert await SignalTrigger(signal.SIGHUP, pidfile=app.pidfile).fire() == f"SIGHUP -> pid {app.pid}"
+    assert app.hups(1) == [f"{app.pid} HUP"]
+
+
+async def test_pidfile_verified_against_process_name(
+    start_app: Callable[..., App], unique_exe: str, session: aiohttp.ClientSession
+) -> None:
+    """With RELOAD_PIDFILE and RELOAD_PROCESS both set, the pidfile's pid must carry that name."""
+    app = start_app(exe=unique_exe)
+    name = Path(unique_exe).name
+    base = {"RELOAD_SOURCE_DIR": "/s", "RELOAD_TARGET_DIR": "/t", "RELOAD_SIGNAL": "HUP"}
+    wrong = make_trigger(
+        Settings.from_env({**base, "RELOAD_PIDFILE": str(app.pidfile), "RELOAD_PROCESS": "nginx"}), session
+    )
+    with pytest.raises(TriggerError) as exc:
+        await wrong.fire()
+    assert str(exc.value) == (
+        f"process {app.pid} from pidfile {app.pidfile} is {name!r}, not 'nginx' (RELOAD_PROCESS); "
+        "is the pidfile the app's?"
+    )
+    await asyncio.sleep(0.05)
+    assert app.hups(0) == []
+    right = make_trigger(
+        Settings.from_env({**base, "RELOAD_PIDFILE": str(app.pidfile), "RELOAD_PROCESS": name}), session
+    )
+    assert await right.fire() == f"SIGHUP -> pid {app.pid}"
+    assert app.hups(1) == [f"{app.pid} HUP"]
+
+
+async def test_two_top_most_processes_with_the_name_are_refused(start_app: Callable[..., App], unique_exe: str) -> None:
+    """Two unrelated processes with the app's name: neither is signalled, and the error lists both pids."""
+    first, second = start_app("first", exe=unique_exe), start_app("second", exe=unique_exe)
+    name = Path(unique_exe).name
+    low, high = sorted((first.pid, second.pid))
+    with pytest.raises(TriggerError) as exc:
+        await SignalTrigger(signal.SIGHUP, process=name).fire()
+    assert str(exc.value) == (
+        f"2 processes named {name!r} that are not each other's children: {low}, {high}; "
+        "set RELOAD_PIDFILE to say which one is the app"
+    )
+    await asyncio.sleep(0.05)
+    assert first.hups(0) == [] and second.hups(0) == []
+
+
+async def test_name_matching_pid_1_is_refused(tmp_path: Path) -> None:
+    """A name whose only top-most match is pid 1 (the pod's init) is refused."""
+    proc = _fake_proc(tmp_path / "proc", {1: ("app", "/app", 0), 7: ("app", "/app", 1)})
+    with pytest.raises(TriggerError) as exc:
+        await SignalTrigger(signal.SIGHUP, process="app", proc=proc).fire()
+    assert (
+        str(exc.value) == "RELOAD_PROCESS='app' names pid 1, the init process of the pod (or container), never the app"
+    )
