@@ -70,7 +70,7 @@ def read_snapshot(
             return _read(root, source, include, exclude, max_file_bytes, max_total_bytes)
         except _Vanished:
             continue
-    raise SourceError(f"{source}: the volume kept changing while being read")
+    raise SourceError(f"{source}: the volume kept changing while being read, or ..data points to nothing")
 
 
 def read_configured(source: Path, settings: Settings) -> Snapshot:
@@ -156,7 +156,8 @@ def _resolve_root(source: Path) -> Path:
         if e.errno == errno.EINVAL:  # `..data` is a real dir, not a link
             return data
         raise SourceError(f"{data}: {e.strerror}") from e
-    # realpath, not Path.resolve(): it raises on a symlink loop, which then fails the stat of the root
+    # os.path.realpath, as Path.resolve() raises RuntimeError on a loop; a looping `..data` then fails
+    # the stat of the root with ELOOP, a SourceError
     target = Path(os.path.realpath(source / link))
     if not _inside(target, Path(os.path.realpath(source))):
         raise SourceError(f"{data} points outside the volume ({_shown(link)})")

@@ -230,7 +230,7 @@ def test_data_link_loop_or_to_nothing_is_a_source_error(tmp_path: Path) -> None:
         read_snapshot(volume)
     os.unlink(volume / "..data")
     os.symlink("..2026_01_01_00_00_00.1", volume / "..data")
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceError, match="points to nothing"):
         read_snapshot(volume)
 
 
