@@ -2,7 +2,9 @@
 
 A kubelet volume is read through `..data` (resolved once, so a swap during the read cannot mix two
 versions); a plain directory is read as it is. Hidden `..*` entries are the kubelet's own and skipped.
-Nothing here ever blocks on a FIFO or follows a symlink out of the volume.
+Nothing here ever blocks on a FIFO or follows a symlink out of the volume, and hostile entries (symlink
+loops, names that are not UTF-8, paths too long or too deep, unreadable files) are problems of the
+snapshot, named in them, never exceptions.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def read_snapshot(
             return _read(root, source, include, exclude, max_file_bytes, max_total_bytes)
         except _Vanished:
             continue
-    raise SourceError(f"{source}: the volume kept changing while being read")
+    raise SourceError(f"{source}: the volume kept changing while being read, or ..data points to nothing")
 
 
 def read_configured(source: Path, settings: Settings) -> Snapshot:
@@ -154,9 +156,11 @@ def _resolve_root(source: Path) -> Path:
         if e.errno == errno.EINVAL:  # `..data` is a real dir, not a link
             return data
         raise SourceError(f"{data}: {e.strerror}") from e
-    target = (source / link).resolve()
-    if not _inside(target, source.resolve()):
-        raise SourceError(f"{data} points outside the volume ({link})")
+    # os.path.realpath, as Path.resolve() raises RuntimeError on a loop; a looping `..data` then fails
+    # the stat of the root with ELOOP, a SourceError
+    target = Path(os.path.realpath(source / link))
+    if not _inside(target, Path(os.path.realpath(source))):
+        raise SourceError(f"{data} points outside the volume ({_shown(link)})")
     return target
 
 
@@ -185,6 +189,9 @@ def _read(
     for rel, path in _walk(root, source.resolve(), found.problems):
         if not _wanted(rel, include, exclude):
             continue
+        if not _utf8(rel):  # a key of the version must be text: in /status, the logs, the state file
+            found.problems.append(f"{_shown(rel)}: file name is not valid UTF-8 (bytes shown escaped)")
+            continue
         if found.full():
             break
         data = _read_file(path, rel, found)
@@ -196,7 +203,7 @@ def _read(
 def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path]]:
     """(relative name, path) of every entry that should be a file; problems for what may not be read."""
     out: list[tuple[str, Path]] = []
-    root_st = os.stat(root)
+    root_st = _stat_root(root)
     # Each directory carries its ancestors' identities: a loop is a directory that is its own ancestor.
     # A second link to a sibling is no loop and is walked again; `_MAX_FILES` bounds the directories.
     todo: list[tuple[Path, str, frozenset[tuple[int, int]]]] = [
@@ -209,14 +216,7 @@ def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path
         if dirs > _MAX_FILES:
             problems.append(f"more than {_MAX_FILES} directories; refusing the rest")
             break
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except FileNotFoundError as e:
-            raise _Vanished from e
-        except OSError as e:
-            problems.append(f"{prefix or '.'}: cannot list directory: {e.strerror}")
-            continue
-        for entry in entries:
+        for entry in _listing(directory, prefix, problems):
             if entry.name.startswith(".."):
                 continue
             rel, path = prefix + entry.name, Path(entry.path)
@@ -225,32 +225,75 @@ def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path
                 continue
             if stat.S_ISDIR(st.st_mode):
                 ident = (st.st_dev, st.st_ino)
-                if len(ancestors) > _MAX_DEPTH or ident in ancestors:
-                    problems.append(f"{rel}: directory nesting too deep or a symlink loop; refused")
-                    continue
-                todo.append((path, rel + "/", ancestors | {ident}))
+                if ident in ancestors:
+                    problems.append(f"{_shown(rel)}: symlink loop")
+                elif len(ancestors) > _MAX_DEPTH:
+                    problems.append(f"{_shown(rel)}: directories nested deeper than {_MAX_DEPTH}; refused")
+                else:
+                    todo.append((path, rel + "/", ancestors | {ident}))
             elif stat.S_ISREG(st.st_mode):
                 out.append((rel, path))
             else:
-                problems.append(f"{rel}: {_kind(st.st_mode)}, not a regular file; refused")
+                problems.append(f"{_shown(rel)}: {_kind(st.st_mode)}, not a regular file; refused")
     out.sort()
     return out
 
 
+def _stat_root(root: Path) -> os.stat_result:
+    try:
+        return os.stat(root)
+    except FileNotFoundError as e:  # the kubelet removed the version `..data` pointed at
+        raise _Vanished from e
+    except OSError as e:
+        raise SourceError(f"{_shown(str(root))}: {_why(e)}") from e
+
+
+def _listing(directory: Path, prefix: str, problems: list[str]) -> list[os.DirEntry[str]]:
+    """The entries of `directory` by name; none, with a problem noted, when it cannot be listed."""
+    try:
+        with os.scandir(directory) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except FileNotFoundError as e:
+        raise _Vanished from e
+    except OSError as e:
+        problems.append(f"{_shown(prefix.rstrip('/')) or '.'}: cannot list directory: {_why(e)}")
+        return []
+
+
 def _stat_inside(entry: os.DirEntry[str], rel: str, volume: Path, problems: list[str]) -> os.stat_result | None:
     """stat() of the entry (following a symlink only if it stays in the volume); None with a problem noted."""
-    if entry.is_symlink() and not _inside(Path(entry.path).resolve(), volume):
-        problems.append(f"{rel}: symlink points outside the volume; refused")
-        return None
+    link = False
     try:
+        link = entry.is_symlink()
+        # realpath never raises (a loop resolves to some path); the stat below then fails with ELOOP
+        if link and not _inside(Path(os.path.realpath(entry.path)), volume):
+            problems.append(f"{_shown(rel)}: symlink points outside the volume; refused")
+            return None
         return os.stat(entry.path)
-    except FileNotFoundError:
-        if entry.is_symlink():
-            problems.append(f"{rel}: dangling symlink")
-        return None
+    except FileNotFoundError as e:
+        if not link:  # listed a moment ago: the kubelet (or an editor) replaced it; read the volume again
+            raise _Vanished from e
+        problems.append(f"{_shown(rel)}: dangling symlink")
     except OSError as e:
-        problems.append(f"{rel}: {e.strerror}")
-        return None
+        problems.append(f"{_shown(rel)}: {_why(e)}")
+    return None
+
+
+def _why(e: OSError) -> str:
+    return "symlink loop" if e.errno == errno.ELOOP else e.strerror or type(e).__name__
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir gives undecodable bytes as lone surrogates
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A name as problems show it: bytes that are not UTF-8 escaped (`caf\\xe9.yaml`), the rest as is."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _kind(mode: int) -> str:
@@ -272,7 +315,7 @@ def _read_file(path: Path, rel: str, found: _Found) -> bytes | None:
     except FileNotFoundError as e:
         raise _Vanished from e
     except OSError as e:
-        found.problems.append(f"{rel}: cannot open: {e.strerror}")
+        found.problems.append(f"{rel}: cannot open: {_why(e)}")
         return None
     try:
         st = os.fstat(fd)
@@ -291,7 +334,7 @@ def _read_file(path: Path, rel: str, found: _Found) -> bytes | None:
                 return None
         return b"".join(chunks)
     except OSError as e:
-        found.problems.append(f"{rel}: read error: {e.strerror}")
+        found.problems.append(f"{rel}: read error: {_why(e)}")
         return None
     finally:
         os.close(fd)

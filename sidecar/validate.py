@@ -73,7 +73,22 @@ class Verdict:
 
 
 class _Problem(Exception):
-    pass
+    """Why a file is refused, and where: line and column count from 1 (0 when unknown).
+
+    The message is built from facts of the parser or the schema, never from the file's bytes: refusal
+    reasons reach /status, the logs and the webhook's denial, where a Secret's value must never appear.
+    """
+
+    def __init__(self, message: str, line: int = 0, column: int = 0) -> None:
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
+
+    def at(self, name: str) -> str:
+        """`name:line:column: message`, leaving out what is unknown."""
+        where = name
+        if self.line:
+            where += f":{self.line}" + (f":{self.column}" if self.column else "")
+        return f"{where}: {self.message}"
 
 
 async def validate(snapshot: Snapshot, checks: Checks) -> Verdict:
@@ -93,13 +108,16 @@ async def validate(snapshot: Snapshot, checks: Checks) -> Verdict:
 
 
 def check_parse(files: dict[str, bytes], specs: Iterable[ValidatorSpec]) -> list[str]:
-    """Parse problems for every file that the validators give a format to, plus schema violations."""
+    """Parse problems for every file that the validators give a format to, plus schema violations.
+
+    Each problem is `file:line:column: what` and never quotes the file's content (see `_Problem`).
+    """
     specs = tuple(specs)
     formats = _formats(files, specs)
     try:
         schemas = [_load_schema(s.schema_path) for s in specs if s.kind == "schema" and s.schema_path]
     except _Problem as e:
-        return [f"schema:{e}"]
+        return [e.message]
     schema_key = json.dumps(schemas, sort_keys=True, default=str) if schemas else ""
     problems: list[str] = []
     for name, fmt in formats.items():
@@ -120,9 +138,9 @@ def check_parse(files: dict[str, bytes], specs: Iterable[ValidatorSpec]) -> list
 def _check_file(name: str, data: bytes, fmt: _Format, schemas: list[dict[str, Any]]) -> list[str]:
     try:
         docs, locate = _parse(data, fmt)
-        return [p for schema in schemas for p in _schema_problems(name, docs, schema, locate)]
     except _Problem as e:
-        return [f"{name}:{e}"]
+        return [e.at(name)]
+    return [p for schema in schemas for p in _schema_problems(name, docs, schema, locate)]
 
 
 _CACHE_KEY = os.urandom(32)
@@ -158,48 +176,130 @@ def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise _Problem(f"{line}: invalid UTF-8 at byte {e.start}") from e
+        line, column = _position(data[: e.start].decode("utf-8"))
+        raise _Problem(f"invalid UTF-8 at byte {e.start}", line, column) from e
 
 
-# (document index, JSON path) -> line number as text, or "" when unknown
-Locate = Callable[[int, list[Any]], str]
+def _position(before: str) -> tuple[int, int]:
+    """(line, column) of the character that follows `before`."""
+    return before.count("\n") + 1, len(before) - before.rfind("\n")
+
+
+# (document index, JSON path) -> (line, column) of the value there, (0, 0) when unknown
+Locate = Callable[[int, list[Any]], tuple[int, int]]
 
 
 def _parse(data: bytes, fmt: _Format) -> tuple[list[Any], Locate]:
     text = _decode(data)
     if fmt == "json":
         try:
-            return [json.loads(text)], lambda index, path: _json_line(text, path)
+            doc = json.loads(text)
         except json.JSONDecodeError as e:
-            raise _Problem(f"{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+            raise _Problem(f"invalid JSON: {_unquoted(e.msg)}", e.lineno, e.colno) from e
         except RecursionError as e:
-            raise _Problem(" invalid JSON: nesting too deep") from e
+            raise _Problem("invalid JSON: nesting too deep") from e
+        except ValueError as e:  # the only other one: an integer past sys.get_int_max_str_digits()
+            raise _too_many_digits(text, "JSON") from e
+        return [doc], lambda index, path: _json_position(text, path)
     return _parse_yaml(text)
+
+
+def _digit_limit() -> int:
+    import sys  # only this rare path needs it
+
+    return sys.get_int_max_str_digits()
+
+
+def _too_many_digits(text: str, fmt: str) -> _Problem:
+    limit = _digit_limit()
+    found = re.search(rf"\d{{{limit + 1}}}", text)
+    line, column = _position(text[: found.start()]) if found else (0, 0)
+    return _Problem(f"invalid {fmt}: an integer longer than {limit} digits", line, column)
+
+
+class _SafeLoader(_Loader):  # type: ignore[misc]  # _Loader is the C loader when libyaml is there
+    """The safe loader; a value its type cannot be built from (`!!int abc`, `2001-02-30`, a 5000-digit
+    integer) is a `ConstructorError` at that value, not a bare ValueError that quotes it."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as e:  # any conversion error: its text may quote the value
+            raise yaml.constructor.ConstructorError(None, None, _unbuildable(node, e), node.start_mark) from e
+
+
+_STANDARD_TAG = re.compile(r"tag:yaml\.org,2002:(\w+)")
+
+
+def _unbuildable(node: yaml.Node, error: Exception) -> str:
+    if isinstance(error, ValueError) and "int_max_str_digits" in str(error):
+        return f"an integer longer than {_digit_limit()} digits"
+    tag = _STANDARD_TAG.fullmatch(node.tag or "")
+    return f"not a valid !!{tag[1]}" if tag else "a value that cannot be built"
 
 
 def _parse_yaml(text: str) -> tuple[list[Any], Locate]:
     try:
         if _depth_bound(text) > MAX_DEPTH:
             _check_depth(text)
-        loader = _Loader(text)
+        loader = _SafeLoader(text)
         try:
             nodes: list[yaml.Node] = []
             while loader.check_node():
                 nodes.append(loader.get_node())
             size = _expanded_size(nodes) if "*" in text else 0  # no alias without a '*'
             if size > MAX_NODES:
-                raise _Problem(f" YAML alias expansion would build {size:,}+ nodes (limit {MAX_NODES:,}): refused")
-            docs = [loader.construct_document(node) for node in nodes]
+                raise _Problem(f"YAML alias expansion would build {size:,}+ nodes (limit {MAX_NODES:,}): refused")
+            docs = [_construct(loader, node) for node in nodes]
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as e:
         mark: Any = e.problem_mark if e.problem_mark is not None else e.context_mark
-        where = "" if mark is None else f"{mark.line + 1}:{mark.column + 1}"
-        raise _Problem(f"{where}: invalid YAML: {e.problem or e.context}") from e
+        line, column = (0, 0) if mark is None else (mark.line + 1, mark.column + 1)
+        raise _Problem(f"invalid YAML: {_yaml_reason(e)}", line, column) from e
+    except yaml.reader.ReaderError as e:
+        # libyaml counts the position in bytes of the UTF-8 text, the pure-Python reader in characters
+        before = text.encode()[: e.position].decode("utf-8", "replace") if _C_YAML else text[: e.position]
+        raise _Problem("invalid YAML: control or other non-printable character", *_position(before)) from e
     except yaml.YAMLError as e:
-        raise _Problem(f" invalid YAML: {e}") from e
-    return docs, lambda index, path: _yaml_line(nodes, index, path)
+        raise _Problem(f"invalid YAML ({type(e).__name__})") from e
+    return docs, lambda index, path: _yaml_position(nodes, index, path)
+
+
+_C_YAML = _Loader is not yaml.SafeLoader
+
+
+def _construct(loader: Any, node: yaml.Node) -> Any:
+    try:
+        return loader.construct_document(node)
+    except (yaml.YAMLError, _Problem):
+        raise
+    except Exception as e:  # any other construction error, without its text (see _SafeLoader)
+        raise _Problem("invalid YAML: a value in this document cannot be built", node.start_mark.line + 1) from e
+
+
+def _yaml_reason(e: yaml.MarkedYAMLError) -> str:
+    problem = e.problem or e.context or ""
+    if problem.startswith("could not determine a constructor for the tag"):
+        return "unknown tag (only the standard YAML types are read)"
+    if problem == "second occurrence":  # its context names the anchor
+        return "duplicate anchor"
+    return _unquoted(problem) or type(e).__name__
+
+
+# A quoted part of a parser message (Python's repr of a str). Kept when it is an indicator such as
+# '-' or ':' or a token name such as '<block end>'; any other quotes a piece of the input.
+_QUOTED = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\"""")
+_INDICATOR = re.compile(r"""['"](?:[^\w\s'"]{1,3}|<[a-z ]+>)['"]""")
+
+
+def _unquoted(message: str) -> str:
+    """`message` without any quoted piece of the input (pure-Python PyYAML quotes the characters it
+    stopped at; libyaml and the JSON decoder do not, but this is the one place that guarantees it)."""
+    kept = _QUOTED.sub(lambda m: m[0] if _INDICATOR.fullmatch(m[0]) else "", message)
+    return " ".join(kept.replace(" ,", ",").split())
 
 
 _LEADING = re.compile(r"^[ \t?-]*", re.MULTILINE)
@@ -229,7 +329,7 @@ def _check_depth(text: str) -> None:
             depth += 1
             if depth > MAX_DEPTH:
                 mark: Any = event.start_mark
-                raise _Problem(f"{mark.line + 1}:{mark.column + 1}: YAML nesting deeper than {MAX_DEPTH}: refused")
+                raise _Problem(f"YAML nesting deeper than {MAX_DEPTH}: refused", mark.line + 1, mark.column + 1)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
 
@@ -244,7 +344,8 @@ def _expanded_size(nodes: list[yaml.Node]) -> int:
         if key in memo:
             return memo[key]
         if key in active:
-            raise _Problem(" YAML alias refers to itself (recursive structure): refused")
+            mark = node.start_mark
+            raise _Problem("YAML alias refers to itself (recursive structure): refused", mark.line + 1, mark.column + 1)
         active.add(key)
         total = 1
         if isinstance(node, yaml.MappingNode):
@@ -269,17 +370,17 @@ def _expanded_size(nodes: list[yaml.Node]) -> int:
     return total
 
 
-def _json_line(text: str, path: list[Any]) -> str:
-    """Line of a JSON value, found on demand (only for schema problems) by composing the text as YAML."""
+def _json_position(text: str, path: list[Any]) -> tuple[int, int]:
+    """Where a JSON value is, found on demand (only for schema problems) by composing the text as YAML."""
     try:
-        return _yaml_line([yaml.compose(text, Loader=_Loader)], 0, path)
+        return _yaml_position([yaml.compose(text, Loader=_Loader)], 0, path)
     except (yaml.YAMLError, RecursionError):
-        return ""  # JSON that YAML cannot read (e.g. tabs): the JSON path alone still locates the value
+        return 0, 0  # JSON that YAML cannot read (e.g. tabs): the JSON path alone still locates the value
 
 
-def _yaml_line(nodes: Sequence[yaml.Node | None], index: int, path: list[Any]) -> str:
+def _yaml_position(nodes: Sequence[yaml.Node | None], index: int, path: list[Any]) -> tuple[int, int]:
     if index >= len(nodes) or nodes[index] is None:
-        return ""
+        return 0, 0
     node: Any = nodes[index]
     for part in path:
         if isinstance(node, yaml.MappingNode):
@@ -291,32 +392,70 @@ def _yaml_line(nodes: Sequence[yaml.Node | None], index: int, path: list[Any]) -
         if found is None:
             break
         node = found
-    return str(node.start_mark.line + 1)
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+_SCHEMAS: dict[tuple[Path, bytes], dict[str, Any]] = {}
 
 
 def _load_schema(path: Path) -> dict[str, Any]:
+    """The schema at `path`, checked against its metaschema (a broken schema would raise mid-check)."""
     try:
-        data = path.read_text(encoding="utf-8")
-        schema = json.loads(data) if path.suffix == ".json" else yaml.safe_load(data)
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise _Problem(f" schema {path} unreadable: {e}") from e
-    if not isinstance(schema, dict):
-        raise _Problem(f" schema {path} is not a JSON Schema object")
+        data = path.read_bytes()
+    except OSError as e:
+        raise _Problem(f"schema {path}: cannot read: {e.strerror or e}") from e
+    if (cached := _SCHEMAS.get((path, data))) is not None:
+        return cached
+    try:
+        docs, _ = _parse(data, "json" if path.suffix == ".json" else "yaml")
+    except _Problem as e:
+        raise _Problem("schema " + e.at(str(path))) from e
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise _Problem(f"schema {path}: not a JSON Schema object")
+    import jsonschema
+
+    schema: dict[str, Any] = docs[0]
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:  # its text quotes the schema (the operator's file), never a config
+        where = "/".join(map(str, e.absolute_path)) or "(root)"
+        raise _Problem(f"schema {path}: not a valid JSON Schema: at {where}: {e.message[:200]}") from e
+    with _CACHE_LOCK:
+        if len(_SCHEMAS) >= 16:
+            _SCHEMAS.clear()
+        _SCHEMAS[path, data] = schema
     return schema
+
+
+def _schema_errors(validator: Any, doc: Any) -> list[Any]:
+    """The schema's errors for one document, in path order."""
+    from .schema import path_order
+
+    try:
+        return sorted(validator.iter_errors(doc), key=path_order)
+    except RecursionError:
+        raise
+    except Exception as e:  # e.g. an unresolvable $ref: its text may quote the document
+        raise _Problem(f"schema: cannot be applied ({type(e).__name__}); check the schema") from e
 
 
 def _schema_problems(name: str, docs: list[Any], schema: dict[str, Any], locate: Locate) -> list[str]:
     import jsonschema  # imported on first use: it costs ~60 ms of start-up the sidecar rarely needs
+
+    from .schema import describe, json_path
 
     cls = jsonschema.validators.validator_for(schema)
     validator = cls(schema)
     out: list[str] = []
     try:
         for index, doc in enumerate(docs):
-            for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+            for err in _schema_errors(validator, doc):
                 path = list(err.absolute_path)
-                where = "/".join(str(p) for p in path) or "(root)"
-                out.append(f"{name}:{locate(index, path)}: schema: at {where}: {err.message[:300]}")
+                problem = _Problem(f"schema: at {json_path(path)}: {describe(err)}", *locate(index, path))
+                if (text := problem.at(name)) not in out:  # `required` repeats its message per missing key
+                    out.append(text)
+    except _Problem as e:
+        out.append(e.at(name))
     except RecursionError:
         out.append(f"{name}: schema: document nested too deep to check")
     return out

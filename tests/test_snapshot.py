@@ -157,7 +157,111 @@ def test_symlink_loop_is_refused(tmp_path: Path) -> None:
     volume = _write(tmp_path / "volume", {"a": "1"})
     os.symlink(".", volume / "loop")
     snap = read_snapshot(volume)
-    assert any("symlink loop; refused" in p for p in snap.problems), snap.problems
+    assert snap.problems == ("loop: symlink loop",)
+    assert snap.files == {"a": b"1"}
+
+
+@pytest.mark.timeout(5)
+def test_symlinks_pointing_at_each_other_are_a_problem_not_an_exception(tmp_path: Path) -> None:
+    """Two links that point at each other (ELOOP) are each a `symlink loop` problem; the rest is read."""
+    volume = _write(tmp_path / "volume", {"a.yaml": "a: 1"})
+    os.symlink("ping", volume / "pong")
+    os.symlink("pong", volume / "ping")
+    snap = read_snapshot(volume)
+    assert snap.problems == ("ping: symlink loop", "pong: symlink loop")
+    assert snap.files == {"a.yaml": b"a: 1"}
+
+
+def test_file_name_that_is_not_utf8_is_a_problem_shown_escaped(tmp_path: Path) -> None:
+    """A file or directory name that is not UTF-8 is a problem with its bytes escaped; the rest is read."""
+    volume = _write(tmp_path / "volume", {"ok.yaml": "a: 1"})
+    (volume / os.fsdecode(b"caf\xe9.yaml")).write_bytes(b"b: 2")
+    (volume / os.fsdecode(b"d\xff")).mkdir()
+    (volume / os.fsdecode(b"d\xff") / "x.yaml").write_bytes(b"c: 3")
+    snap = read_snapshot(volume)
+    assert snap.problems == (
+        "caf\\xe9.yaml: file name is not valid UTF-8 (bytes shown escaped)",
+        "d\\xff/x.yaml: file name is not valid UTF-8 (bytes shown escaped)",
+    )
+    assert snap.files == {"ok.yaml": b"a: 1"}
+    assert snap.version == read_snapshot(volume).version  # a stable version, so it is refused once
+
+
+def test_excluded_name_that_is_not_utf8_is_ignored(tmp_path: Path) -> None:
+    """Include/exclude globs apply first: a name nobody asked for is not a problem."""
+    volume = _write(tmp_path / "volume", {"ok.yaml": "a: 1"})
+    (volume / os.fsdecode(b"caf\xe9.bak")).write_bytes(b"b: 2")
+    assert read_snapshot(volume, exclude=("*.bak",)).problems == ()
+
+
+def test_directories_nested_too_deep_are_a_problem(tmp_path: Path) -> None:
+    """Directories nested past the depth limit are a problem at the first one too deep."""
+    volume = _write(tmp_path / "volume", {"a": "1"})
+    deep = volume.joinpath(*["d"] * 40)
+    deep.mkdir(parents=True)
+    (deep / "x").write_text("x")
+    snap = read_snapshot(volume)
+    assert snap.problems == ("/".join(["d"] * 33) + ": directories nested deeper than 32; refused",)
+    assert snap.files == {"a": b"1"}
+
+
+def test_path_longer_than_the_system_allows_is_a_problem(tmp_path: Path) -> None:
+    """A path past PATH_MAX (ENAMETOOLONG) is a problem naming where, not an exception."""
+    volume = _write(tmp_path / "volume", {"a": "1"})
+    fd = os.open(volume, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(20):  # 20 x 250 bytes: past PATH_MAX (4096), created relative to a directory fd
+            os.mkdir("n" * 250, dir_fd=fd)
+            fd, old = os.open("n" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(old)
+    finally:
+        os.close(fd)
+    snap = read_snapshot(volume)
+    assert len(snap.problems) == 1 and snap.problems[0].endswith(": File name too long"), snap.problems
+    assert snap.files == {"a": b"1"}
+
+
+def test_data_link_loop_or_to_nothing_is_a_source_error(tmp_path: Path) -> None:
+    """`..data` pointing at itself or at a missing version is a SourceError, not a RuntimeError."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    os.symlink("..data", volume / "..data")
+    with pytest.raises(SourceError, match="symlink loop"):
+        read_snapshot(volume)
+    os.unlink(volume / "..data")
+    os.symlink("..2026_01_01_00_00_00.1", volume / "..data")
+    with pytest.raises(SourceError, match="points to nothing"):
+        read_snapshot(volume)
+
+
+def test_a_swap_before_the_first_stat_gives_the_new_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet deleting the version being read between listing and stat re-reads `..data`, instead of
+    a snapshot that silently lacks the files (an empty version refused for nothing)."""
+    volume = tmp_path / "volume"
+    project(volume, {"a.yaml": "v: 1\n"})
+    real_stat, swapped = os.stat, []
+
+    def stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        if not swapped and str(path).endswith("a.yaml"):
+            swapped.append(path)
+            project(volume, {"a.yaml": "v: 2\n"})  # deletes the version dir being listed
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+    snap = read_snapshot(volume)
+    assert swapped
+    assert (snap.files, snap.problems) == ({"a.yaml": b"v: 2\n"}, ())
+
+
+def test_unlistable_directory_is_a_problem(tmp_path: Path) -> None:
+    """A directory that cannot be listed is a problem naming it; the rest of the volume is read."""
+    volume = _write(tmp_path / "volume", {"a": "1", "sub/x": "x"})
+    (volume / "sub").chmod(0)
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    code = f"import pathlib, sidecar.snapshot as s; print(s.read_snapshot(pathlib.Path({str(volume)!r})).problems)"
+    out = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    (volume / "sub").chmod(0o755)
+    assert out.stdout.strip() == "('sub: cannot list directory: Permission denied',)", out.stderr
 
 
 @pytest.mark.timeout(5)

@@ -95,9 +95,9 @@ def test_valid_files_give_no_problems() -> None:
 
 @pytest.mark.parametrize("name", ["bad.yaml", "bad.json"])
 def test_invalid_utf8_is_reported_with_its_line(name: str) -> None:
-    """Bytes that are not UTF-8 are a problem naming the file and the line they are on."""
+    """Bytes that are not UTF-8 are a problem naming the file, the line and column they are on, and the byte."""
     problems = check_parse({name: b"a: 1\nb: 2\nc: \xff\xfe\n"}, AUTO)
-    assert problems == [f"{name}:3: invalid UTF-8 at byte 13"]
+    assert problems == [f"{name}:3:4: invalid UTF-8 at byte 13"]
 
 
 @pytest.mark.timeout(10)
@@ -129,7 +129,7 @@ def test_moderate_alias_use_is_accepted() -> None:
 def test_recursive_yaml_alias_is_refused() -> None:
     """A YAML node that contains an alias to itself is refused instead of recursing forever."""
     problems = check_parse({"loop.yaml": b"a: &a [1, *a]\n"}, AUTO)
-    assert problems == ["loop.yaml: YAML alias refers to itself (recursive structure): refused"]
+    assert problems == ["loop.yaml:1:4: YAML alias refers to itself (recursive structure): refused"]
 
 
 @pytest.mark.timeout(10)
@@ -218,15 +218,15 @@ def schema_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 
 def test_schema_violation_reports_file_line_and_path(schema_file: Path) -> None:
-    """A schema violation in YAML names the file, the line of the offending value and its JSON path."""
+    """A schema violation in YAML names the file, the line and column of the offending value and its JSON path."""
     problems = check_parse({"app.yaml": BAD_PORT_YAML}, (ValidatorSpec("schema", schema_file),))
-    assert problems == ["app.yaml:4: schema: at server/port: 'eighty' is not of type 'integer'"]
+    assert problems == ["app.yaml:4:9: schema: at server/port: wrong type (expected integer, got string)"]
 
 
 def test_schema_missing_required_is_reported_at_root(schema_file: Path) -> None:
-    """A missing required key is reported at `(root)`, line 1."""
+    """A missing required key is reported at `(root)`, line 1, by the name the schema gives it."""
     problems = check_parse({"app.yaml": b"name: web\n"}, (ValidatorSpec("schema", schema_file),))
-    assert problems == ["app.yaml:1: schema: at (root): 'server' is a required property"]
+    assert problems == ["app.yaml:1:1: schema: at (root): missing required property 'server'"]
 
 
 def test_schema_accepts_a_conforming_document(schema_file: Path) -> None:
@@ -239,20 +239,20 @@ def test_schema_violation_in_json_names_file_and_path(schema_file: Path) -> None
     """A schema violation in a JSON file names the file and the JSON path."""
     problems = check_parse({"cfg.json": b'{\n  "server": {"port": "x"}\n}\n'}, (ValidatorSpec("schema", schema_file),))
     assert len(problems) == 1
-    assert problems[0].startswith("cfg.json:") and "at server/port: 'x' is not of type 'integer'" in problems[0]
+    assert problems[0].startswith("cfg.json:") and "at server/port: wrong type (expected integer" in problems[0]
 
 
 def test_schema_violation_in_json_has_a_line_number(schema_file: Path) -> None:
-    """A schema violation in a JSON file carries the line of the offending value, like YAML does."""
+    """A schema violation in a JSON file carries the line and column of the offending value, like YAML does."""
     problems = check_parse({"cfg.json": b'{\n  "server": {"port": "x"}\n}\n'}, (ValidatorSpec("schema", schema_file),))
-    assert problems == ["cfg.json:2: schema: at server/port: 'x' is not of type 'integer'"]
+    assert problems == ["cfg.json:2:22: schema: at server/port: wrong type (expected integer, got string)"]
 
 
 def test_schema_violation_in_second_yaml_document_has_its_line(schema_file: Path) -> None:
     """A violation in the second document of a YAML stream is reported at that document's line."""
     doc = b"server:\n  port: 80\n---\nserver:\n  port: eighty\n"
     problems = check_parse({"app.yaml": doc}, (ValidatorSpec("schema", schema_file),))
-    assert problems == ["app.yaml:5: schema: at server/port: 'eighty' is not of type 'integer'"]
+    assert problems == ["app.yaml:5:9: schema: at server/port: wrong type (expected integer, got string)"]
 
 
 def test_unreadable_schema_is_a_problem_not_an_exception(tmp_path: Path) -> None:
@@ -261,6 +261,179 @@ def test_unreadable_schema_is_a_problem_not_an_exception(tmp_path: Path) -> None
     schema.write_text("{not json")
     problems = check_parse({"app.yaml": GOOD_YAML}, (ValidatorSpec("schema", schema),))
     assert len(problems) == 1 and str(schema) in problems[0]
+
+
+# --- problems never quote content ------------------------------------------------------------------------
+
+SECRET = "hunter2-TOPSECRET"  # noqa: S105 - a made-up Secret value the tests prove is never shown
+SECRET_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "port": {"type": "integer"},
+        "mode": {"enum": ["fast", "safe"]},
+        "name": {"pattern": "^[a-z]+$"},
+        "level": {"const": 3},
+        "short": {"maxLength": 4},
+        "ports": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+
+
+@pytest.fixture
+def secret_schema(tmp_path: Path) -> tuple[ValidatorSpec, ...]:
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(SECRET_SCHEMA))
+    return (ValidatorSpec("schema", path),)
+
+
+# (file, content carrying the secret, the exact problem): each kind of invalid content refused without it
+SECRET_CASES = [
+    ("type.yaml", f"port: {SECRET}\n", "type.yaml:1:7: schema: at port: wrong type (expected integer, got string)"),
+    ("enum.yaml", f"mode: {SECRET}\n", 'enum.yaml:1:7: schema: at mode: not one of the allowed values: "fast", "safe"'),
+    ("re.yaml", f"name: {SECRET}\n", "re.yaml:1:7: schema: at name: does not match the required pattern '^[a-z]+$'"),
+    ("const.yaml", f"level: {SECRET}\n", "const.yaml:1:8: schema: at level: not the required value 3"),
+    ("len.yaml", f"short: {SECRET}\n", "len.yaml:1:8: schema: at short: longer than 4 characters"),
+    (
+        "item.json",
+        f'{{"ports": [1, "{SECRET}"]}}',
+        "item.json:1:15: schema: at ports/1: wrong type (expected integer, got string)",
+    ),
+    ("extra.yaml", f"token: {SECRET}\n", "extra.yaml:1:1: schema: at (root): property 'token' not allowed"),
+    (
+        "tag.yaml",
+        f"port: !{SECRET} 1\n",
+        "tag.yaml:1:7: invalid YAML: unknown tag (only the standard YAML types are read)",
+    ),
+    (
+        "tag2.yaml",
+        f"port: !<{SECRET}> 1\n",
+        "tag2.yaml:1:7: invalid YAML: unknown tag (only the standard YAML types are read)",
+    ),
+    ("int.yaml", f"port: !!int {SECRET}\n", "int.yaml:1:7: invalid YAML: not a valid !!int"),
+    ("float.yaml", f"port: !!float {SECRET}\n", "float.yaml:1:7: invalid YAML: not a valid !!float"),
+    ("date.yaml", "port: 2026-02-30\n", "date.yaml:1:7: invalid YAML: not a valid !!timestamp"),
+    ("alias.yaml", f"port: *{SECRET}\n", "alias.yaml:1:7: invalid YAML: found undefined alias"),
+    ("anchor.yaml", f"a: &{SECRET} 1\nb: &{SECRET} 2\n", "anchor.yaml:2:4: invalid YAML: duplicate anchor"),
+    (
+        "indent.yaml",
+        f"name: {SECRET}\n  port: {SECRET}\n",
+        "indent.yaml:2:7: invalid YAML: mapping values are not allowed in this context",
+    ),
+    ("quote.yaml", f"name: '{SECRET}\n", "quote.yaml:2:1: invalid YAML: found unexpected end of stream"),
+    ("escape.yaml", f'name: "\\q{SECRET}"\n', "escape.yaml:1:8: invalid YAML: found unknown escape character"),
+    ("ctrl.yaml", f"name: {SECRET}\x01\n", "ctrl.yaml:1:24: invalid YAML: control or other non-printable character"),
+    ("bare.json", f'{{"name": {SECRET}}}', "bare.json:1:10: invalid JSON: Expecting value"),
+    ("ctrl.json", f'{{"name": "{SECRET}\x01"}}', "ctrl.json:1:28: invalid JSON: Invalid control character at"),
+    ("tail.json", f'{{"name": "x"}} {SECRET}', "tail.json:1:15: invalid JSON: Extra data"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), SECRET_CASES, ids=[c[0] for c in SECRET_CASES])
+def test_problems_never_quote_the_value(name: str, content: str, expected: str, secret_schema) -> None:
+    """Every kind of invalid content is refused with where and what kind of problem, never the value itself."""
+    problems = check_parse({name: content.encode()}, secret_schema)
+    assert problems == [expected]
+    assert not any(part in expected.lower() for part in ("hunter2", "topsecret"))
+
+
+def test_huge_integers_are_refused_at_their_position_not_raised() -> None:
+    """An integer past Python's digit limit is a located problem in YAML and JSON (not a ValueError)."""
+    digits = "7" * 5000
+    problems = check_parse(
+        {"a.yaml": f"a: 1\nb: {digits}\n".encode(), "b.json": f'{{\n "b": {digits}}}'.encode()}, AUTO
+    )
+    assert problems == [
+        f"a.yaml:2:4: invalid YAML: an integer longer than {sys.get_int_max_str_digits()} digits",
+        f"b.json:2:7: invalid JSON: an integer longer than {sys.get_int_max_str_digits()} digits",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"a: *{SECRET}\n",
+        f"a: !{SECRET} x\n",
+        f"a: !{SECRET}!x 1\n",
+        f"%TAG !{SECRET}! a\n%TAG !{SECRET}! b\n---\na: 1\n",
+    ],
+    ids=["alias", "tag", "tag-handle", "tag-directive"],
+)
+def test_pure_python_pyyaml_messages_lose_what_they_quote(text: str) -> None:
+    """Without libyaml, PyYAML quotes the input in its messages (`found undefined alias 'x'`): the reason drops it."""
+    import yaml
+
+    from sidecar.validate import _yaml_reason
+
+    with pytest.raises(yaml.MarkedYAMLError) as info:
+        yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - the safe loader, pure-Python on purpose
+    assert SECRET in str(info.value.problem)
+    reason = _yaml_reason(info.value)
+    assert reason and SECRET not in reason and "''" not in reason, reason
+
+
+def test_parser_indicators_stay_in_the_reason() -> None:
+    """Quoted indicators and token names are kept: `did not find expected '-' indicator` stays useful."""
+    import yaml
+
+    from sidecar.validate import _yaml_reason
+
+    with pytest.raises(yaml.MarkedYAMLError) as info:
+        yaml.load("key: value\nlist:\n  - a\n  b: c\n", Loader=yaml.SafeLoader)  # noqa: S506
+    assert _yaml_reason(info.value) == "expected <block end>, but found '?'"
+
+
+SCHEMA_REASONS = [
+    ({"required": ["port", "host"]}, {"name": "x"}, "at (root): missing required properties 'port', 'host'"),
+    ({"type": ["integer", "null"]}, "x", "at (root): wrong type (expected integer or null, got string)"),
+    ({"minimum": 1}, 0, "at (root): less than the minimum 1"),
+    ({"maxItems": 1}, [1, 2], "at (root): more than 1 items"),
+    ({"uniqueItems": True}, [1, 1], "at (root): has duplicate items"),
+    ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, 1, "at (root): matches more than one alternative (oneOf)"),
+    ({"anyOf": [{"type": "integer"}]}, "x", "at (root): matches none of the alternatives (anyOf)"),
+    ({"not": {"type": "string"}}, "x", "at (root): matches a schema it must not match (not)"),
+    ({"dependentRequired": {"tls": ["cert"]}}, {"tls": True}, "at (root): property 'tls' requires property 'cert'"),
+    ({"propertyNames": {"maxLength": 3}}, {"long": 1}, "at (root): a property name longer than 3 characters"),
+    (
+        {"properties": {"a": {"properties": {"b/c": {"type": "string"}}}}},
+        {"a": {"b/c": 1}},
+        "at a/b~1c: wrong type (expected string, got integer)",
+    ),
+    ({"additionalProperties": False}, {"k" * 65: 1}, "at (root): property '<key of 65 characters>' not allowed"),
+    (
+        {"minContains": 2, "contains": {"type": "string"}},
+        ["x", 1],
+        "at (root): fewer than 2 items match the schema of 'contains'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("schema", "doc", "expected"), SCHEMA_REASONS, ids=[r[2].split(": ", 1)[1][:30] for r in SCHEMA_REASONS]
+)
+def test_schema_problems_say_what_the_schema_wanted(
+    schema: dict[str, object], doc: object, expected: str, tmp_path: Path
+) -> None:
+    """Each keyword's problem names what the schema asked for, in the schema's own terms."""
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(schema))
+    [problem] = check_parse({"d.json": json.dumps(doc).encode()}, (ValidatorSpec("schema", path),))
+    assert problem.split(": ", 2)[2] == expected, problem
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [({"type": "port"}, "not a valid JSON Schema: at type:"), ({"$ref": "#/nowhere"}, "schema: cannot be applied")],
+    ids=["unknown-type", "dangling-ref"],
+)
+def test_a_broken_schema_is_a_problem_that_never_quotes_the_document(
+    schema: dict[str, object], expected: str, tmp_path: Path
+) -> None:
+    """A schema jsonschema cannot use is reported as such (its own errors quote the document checked)."""
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(schema))
+    [problem] = check_parse({"d.json": json.dumps({"a": SECRET}).encode()}, (ValidatorSpec("schema", path),))
+    assert expected in problem and SECRET not in problem, problem
 
 
 # --- validate() ------------------------------------------------------------------------------------------
@@ -472,4 +645,4 @@ def test_a_files_verdict_is_reused_only_for_the_same_bytes_and_checks(tmp_path: 
     schema = tmp_path / "s.json"
     schema.write_text('{"type": "object", "properties": {"a": {"type": "string"}}}')
     [problem] = check_parse({"x.yaml": good}, (ValidatorSpec("schema", schema),))
-    assert "is not of type 'string'" in problem
+    assert "wrong type (expected string, got integer)" in problem
