@@ -208,8 +208,9 @@ async def test_metric_check_on_a_prometheus_page(
     async with serving(metrics_page(PROM_OK)) as base:
         outcome = await verify(
             session,
-            # a healthy app answers at the 2nd poll; room for a slow CI box
-            _metric_check(f"{base}/healthz", base, check, successes=2, timeout_s=3.0 if ok else 0.1),
+            # a healthy app answers at the 2nd poll; a failing one is polled (and its evidence gathered) for 1 s:
+            # room for a slow CI box, where a 0.1 s window can end before the first answer ("timeout x1")
+            _metric_check(f"{base}/healthz", base, check, successes=2, timeout_s=3.0 if ok else 1.0),
         )
     assert outcome.ok is ok, outcome.reason
     assert evidence in outcome.reason
@@ -222,7 +223,7 @@ async def test_failed_reload_metric_is_unhealthy(session: aiohttp.ClientSession)
         outcome = await verify(
             session,
             _metric_check(
-                f"{base}/healthz", base, "prometheus_config_last_reload_successful==1", successes=1, timeout_s=0.05
+                f"{base}/healthz", base, "prometheus_config_last_reload_successful==1", successes=1, timeout_s=1.0
             ),
         )
     assert not outcome.ok
@@ -250,6 +251,6 @@ async def test_metrics_page_error_is_unhealthy(session: aiohttp.ClientSession) -
     async with serving(broken) as base:
         outcome = await verify(
             session,
-            _metric_check(f"{base}/healthz", base, "up==1", successes=1, timeout_s=0.05),
+            _metric_check(f"{base}/healthz", base, "up==1", successes=1, timeout_s=1.0),
         )
     assert not outcome.ok and "metrics HTTP 500 x" in outcome.reason
