@@ -318,8 +318,7 @@ class WebhookMetrics:
         self.in_flight = Gauge(
             "reload_sidecar_webhook_reviews_in_flight", "Reviews being checked or waiting for a slot.", registry=r
         )
-        for outcome in OUTCOMES:
-            self.answers.labels(outcome)
+        self.by_outcome = {outcome: self.answers.labels(outcome) for outcome in OUTCOMES}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -339,6 +338,9 @@ class Webhook:
     in_flight: int = 0  # reviews admitted: being checked or waiting for a slot
     _slots: asyncio.Semaphore | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.metrics.in_flight.set_function(lambda: self.in_flight)  # read at scrape time, free per review
+
     @property
     def slots(self) -> asyncio.Semaphore:
         if self._slots is None:
@@ -346,7 +348,7 @@ class Webhook:
         return self._slots
 
     def count(self, outcome: str) -> None:
-        self.metrics.answers.labels(outcome).inc()
+        self.metrics.by_outcome[outcome].inc()
 
 
 def load_webhook(settings: Settings) -> Webhook:
@@ -561,7 +563,7 @@ async def decide(hook: Webhook, review: Review, deadline: Deadline | None = None
     """Allow or deny one review; only annotated ConfigMaps on CREATE/UPDATE are checked.
 
     An UPDATE whose new object drops or changes the profile annotation is judged under the old object's
-    profile as well as the new one: the content must pass both. `Unjudged` when no validation slot
+    profile as well as the new one: the content must pass both. `Unjudged` when no checker slot
     frees up before the deadline.
     """
     if deadline is None:
@@ -639,6 +641,11 @@ async def _judge(hook: Webhook, names: list[str], snap: Snapshot, deadline: Dead
             reasons.append(f"profile {name!r}: not checked: {deadline.describe()} ran out")
             return reasons, True
         checks = hook.profiles[name].checks
+        if not checks.command and snap.small:  # parsed on the spot: nothing to time out
+            verdict = await validate(snap, checks)
+            if not verdict.ok:
+                reasons.append(f"profile {name!r}: {verdict.reason}")
+            continue
         caller_limits = left < checks.timeout_s
         timeout_s = min(checks.timeout_s, math.floor(left * 100) / 100)  # whole hundredths read well in a denial
         try:
@@ -683,12 +690,10 @@ async def _validate(request: web.Request) -> web.Response:
             f"{hook.queue_length} waiting at most); try again",
         )
     hook.in_flight += 1
-    hook.metrics.in_flight.set(hook.in_flight)
     try:
         return await _review(request, hook, deadline)
     finally:
         hook.in_flight -= 1
-        hook.metrics.in_flight.set(hook.in_flight)
 
 
 async def _review(request: web.Request, hook: Webhook, deadline: Deadline) -> web.Response:
@@ -696,8 +701,11 @@ async def _review(request: web.Request, hook: Webhook, deadline: Deadline) -> we
         # Refused on the header alone, before reading a byte of it.
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
     try:
-        async with asyncio.timeout_at(deadline.at):
-            body = await request.read()  # a chunked body past client_max_size raises 413 here
+        if request.content.is_eof():  # all there already (a small body comes with the headers)
+            body = await request.read()
+        else:
+            async with asyncio.timeout_at(deadline.at):
+                body = await request.read()  # a chunked body past client_max_size raises 413 here
     except TimeoutError:  # a client that sends headers and then stalls must not hold its place for long
         raise BadReview(f"the body did not arrive within {deadline.describe()}") from None
     start = time.perf_counter()
@@ -751,6 +759,9 @@ async def _account(request: web.Request, handler: Handler) -> web.StreamResponse
     except asyncio.CancelledError:  # the client closed the connection (handler_cancellation) or shutdown
         outcome, reason = "cancelled", "the client went away before the answer; its checkers were stopped"
         raise
+    except ConnectionError:  # the same, noticed first while its body was being read
+        outcome, reason = "cancelled", "the client went away while sending the review"
+        return web.Response(status=400)
     except Exception as e:
         outcome, status, reason = "error", 500, f"internal error: {e!r}"
         log.error("review_failed", exc_info=True)
