@@ -62,3 +62,26 @@ def test_bad_timeout_is_a_bad_review(query: list[tuple[str, str]]) -> None:
     """A value that is not one positive Go duration is answered 400 (BadReview), naming the parameter."""
     with pytest.raises(BadReview, match=r"\?timeout="):
         Deadline.of(MultiDict(query), 0.0)
+
+
+async def test_internal_error_is_a_500_logged_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while deciding is answered 500 with its reason, logged with the traceback and counted as `error`."""
+    from aiohttp.test_utils import TestClient, TestServer
+    from structlog.testing import capture_logs
+
+    from sidecar import webhook
+    from tests.e2e.webhook_proc import review
+
+    async def broken(*args: object) -> webhook.Decision:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(webhook, "decide", broken)
+    hook = webhook.Webhook({}, tls=None)  # type: ignore[arg-type]  # no TLS needed in-process
+    async with TestClient(TestServer(webhook.make_app(hook))) as client:
+        with capture_logs() as logs:
+            resp = await client.post("/validate?timeout=10s", json=review("x", profile="yaml", data={"a": "b"}))
+            assert resp.status == 500 and "RuntimeError('boom')" in await resp.text()
+        metrics = await (await client.get("/metrics")).text()
+    assert 'reload_sidecar_webhook_answers_total{outcome="error"} 1.0' in metrics
+    assert [e["event"] for e in logs] == ["review_failed", "review_not_judged"]
+    assert logs[1]["outcome"] == "error" and logs[1]["status"] == 500
