@@ -94,6 +94,8 @@ def snapshot_of(
     """
     found = _Found(max_file_bytes, max_total_bytes)
     for rel in sorted(files):
+        if found.full():
+            break
         if found.fits(rel, len(files[rel])) and not found.add(rel, files[rel]):
             break
     return found.snapshot()

@@ -371,3 +371,29 @@ async def test_example_config_passes_its_own_checker(pod_name: str, config_map: 
         data, **{main: data[main] + ("\nno_such_directive on;\n" if main == "nginx.conf" else "\nbogus: 1\n")}
     )
     assert await verdict(broken, "broken"), "the checker accepted a broken config"
+
+
+def test_webhook_pod_is_locked_down() -> None:
+    """The webhook runs checkers on anyone's ConfigMap: no token, non-root, read-only root with /tmp an emptyDir,
+    and a NetworkPolicy that lets in only its https port and lets out only DNS."""
+    (pod,) = [p for p in PODS if any(_command(c) == "webhook" for c in p.ours())]
+    (webhook,) = [c for c in pod.ours() if _command(c) == "webhook"]
+    assert pod.spec.get("automountServiceAccountToken") is False
+    assert _security(pod, webhook, "runAsNonRoot") is True
+    assert webhook["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "emptyDir" in pod.volume(_mount_of(webhook, "/tmp")["name"])
+    labels = pod.metadata["labels"]
+    policies = [
+        doc["spec"]
+        for _, doc in DOCS
+        if doc.get("kind") == "NetworkPolicy"
+        and all(labels.get(k) == v for k, v in doc["spec"]["podSelector"]["matchLabels"].items())
+    ]
+    assert len(policies) == 1, "one NetworkPolicy selects the webhook pods"
+    (policy,) = policies
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    https = _port_number(webhook, "https")
+    ingress_ports = {_port_number(webhook, p["port"]) for rule in policy["ingress"] for p in rule["ports"]}
+    assert ingress_ports == {https}
+    assert https == int(_env(pod, webhook)["RELOAD_WEBHOOK_LISTEN"].rpartition(":")[2])
+    assert {p["port"] for rule in policy.get("egress", []) for p in rule["ports"]} <= {53}

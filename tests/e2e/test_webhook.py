@@ -12,10 +12,13 @@ the rotation test runs its own, reading its pair from a kubelet-style Secret vol
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,13 +29,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidecar.settings import ValidatorSpec
+from sidecar.snapshot import read_snapshot
+from sidecar.validate import Checks, validate
 from sidecar.webhook import load_profiles
-from tests.e2e.apps import nginx_bin, nginx_conf
+from tests.e2e.apps import nginx_bin, nginx_conf, promtool_bin
 from tests.e2e.sidecar_proc import wait_for
-from tests.e2e.webhook_proc import Webhook, issue, make_ca, review
+from tests.e2e.webhook_proc import Webhook, configmap, issue, make_ca, review
 from tests.kubelet import project
 
 HANG_TIMEOUT_S = 1.0
+# The `slow` profile's own timeout_s: an answer long before it proves the caller's ?timeout= was honoured.
+SLOW_TIMEOUT_S = 25
+MAX_FILE_BYTES, MAX_TOTAL_BYTES = 65536, 262144
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +57,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("webhook")
     (d / "nginx" / "tmp").mkdir(parents=True)
+    (d / "pids").mkdir()
     return d
 
 
 @pytest.fixture(scope="module")
 def hook(pki: Path, work: Path) -> Iterator[Webhook]:
-    """One webhook with profiles: yaml (parse), nginx (`nginx -t`), hang (a checker that never ends), probe."""
+    """One webhook with profiles: yaml (parse), nginx (`nginx -t`), hang (a checker that never ends), probe,
+    slow (never ends, records its pid in work/pids, timeout_s 25), ok (a checker that always passes)."""
     probe = work / "probe.txt"
     # records the staged dir's mode, its listing and its path (argv, no shell: sh is the checker here)
     probe_cmd = f'sh -c \'{{ stat -c %a "$0"; ls -A "$0"; echo "$0"; }} > {probe}\' {{dir}}'
@@ -63,6 +74,9 @@ def hook(pki: Path, work: Path) -> Iterator[Webhook]:
             "nginx": {"validate": ["none"], "command": f"{nginx_bin()} -t -q -e stderr -c {{dir}}/nginx.conf"},
             "hang": {"command": 'sh -c "sleep 30" {dir}', "timeout_s": HANG_TIMEOUT_S},
             "probe": {"command": probe_cmd},
+            # `exec` keeps the shell's pid: the file names the very process that must be killed
+            "slow": {"command": f"sh -c 'echo > {work}/pids/$$; exec sleep 60' {{dir}}", "timeout_s": SLOW_TIMEOUT_S},
+            "ok": {"command": "sh -c 'exit 0' {dir}"},
         }
     }
     (work / "profiles.yaml").write_text(json.dumps(profiles))  # JSON is YAML
@@ -72,7 +86,8 @@ def hook(pki: Path, work: Path) -> Iterator[Webhook]:
         pki / "webhook-v1.crt",
         pki / "webhook-v1.key",
         work / "profiles.yaml",
-        RELOAD_MAX_FILE_BYTES="65536",
+        RELOAD_MAX_FILE_BYTES=str(MAX_FILE_BYTES),
+        RELOAD_MAX_TOTAL_BYTES=str(MAX_TOTAL_BYTES),
     ).start()
     yield wh
     assert wh.stop() == 0, wh.log_tail()
@@ -106,7 +121,7 @@ def test_unknown_profile_denied_naming_known_ones(hook: Webhook) -> None:
     resp = hook.review(review("unknown", profile="ngnix", data={"nginx.conf": "events {}\n"}))
     assert resp["allowed"] is False
     message = resp["status"]["message"]
-    assert "unknown reload-sidecar profile 'ngnix'" in message and "nginx, probe, yaml" in message, message
+    assert "unknown reload-sidecar profile 'ngnix'" in message and "nginx, ok, probe, slow, yaml" in message, message
 
 
 def test_binary_data_decoded_and_checked(hook: Webhook) -> None:
@@ -217,6 +232,253 @@ def test_fifty_concurrent_reviews_all_answered_with_their_uids(hook: Webhook, wo
         results = list(pool.map(one, range(50)))
     assert len(results) == 50
     assert all(allowed == expected for _, expected, allowed in results), results
+
+
+# --------------------------------------------------------------------------- UPDATE: the old profile still applies
+
+
+def test_update_dropping_the_yaml_profile_is_judged_under_the_old_one(hook: Webhook) -> None:
+    """An UPDATE that removes the annotation and breaks the YAML is denied under the old object's profile."""
+    old = configmap("yaml", {"app.yaml": "a: 1\n"})
+    resp = hook.review(review("drop-yaml", data={"app.yaml": "a: [\n"}, operation="UPDATE", old=old), timeout="10s")
+    assert resp["allowed"] is False, resp
+    message = resp["status"]["message"]
+    assert message.startswith("profile changed from 'yaml' to (none); judged under both: profile 'yaml': "), message
+    assert "app.yaml:2:1: invalid YAML" in message, message
+    # the same UPDATE with good content goes through, with a warning kubectl prints
+    resp = hook.review(review("drop-yaml-ok", data={"app.yaml": "a: 2\n"}, operation="UPDATE", old=old))
+    assert resp["allowed"] is True and "profile changed from 'yaml' to (none)" in resp["warnings"][0], resp
+
+
+def test_update_dropping_the_nginx_profile_is_judged_under_the_old_one(hook: Webhook, work: Path) -> None:
+    """An UPDATE that removes the annotation and breaks nginx.conf is denied by `nginx -t`, naming the old profile."""
+    conf = nginx_conf(8080, "v1", work / "nginx")
+    broken = conf.replace("worker_connections 64;", "worker_connections 64")
+    old = configmap("nginx", {"nginx.conf": conf})
+    resp = hook.review(review("drop-nginx", data={"nginx.conf": broken}, operation="UPDATE", old=old), timeout="10s")
+    assert resp["allowed"] is False, resp
+    message = resp["status"]["message"]
+    assert message.startswith("profile changed from 'nginx' to (none); judged under both: profile 'nginx': "), message
+    assert "[emerg]" in message and "in nginx.conf:" in message, message
+
+
+def test_update_to_a_weaker_profile_must_still_pass_the_old_one(hook: Webhook, work: Path) -> None:
+    """nginx -> yaml with a broken nginx.conf is denied by the old profile; content good under both is allowed."""
+    conf = nginx_conf(8080, "v1", work / "nginx")
+    broken = conf.replace("worker_connections 64;", "worker_connections 64")
+    old = configmap("nginx", {"nginx.conf": conf})
+    doc = review("weaker", profile="yaml", data={"nginx.conf": broken}, operation="UPDATE", old=old)
+    resp = hook.review(doc, timeout="10s")
+    assert resp["allowed"] is False, resp
+    message = resp["status"]["message"]
+    assert message.startswith("profile changed from 'nginx' to 'yaml'; judged under both: profile 'nginx': "), message
+    assert "profile 'yaml'" not in message, message  # the new profile had nothing against it
+    resp = hook.review(review("weaker-ok", profile="yaml", data={"nginx.conf": conf}, operation="UPDATE", old=old))
+    assert resp["allowed"] is True and "checked under both" in resp["warnings"][0], resp
+    # the reverse (yaml -> nginx) is judged under both as well: broken YAML is refused by the old profile
+    doc = review("stronger", profile="nginx", data={"nginx.conf": conf, "a.yaml": "a: [\n"}, operation="UPDATE")
+    doc["request"]["oldObject"] = configmap("yaml", {"a.yaml": "a: 1\n"})
+    message = hook.review(doc)["status"]["message"]
+    assert "from 'yaml' to 'nginx'" in message and "profile 'yaml': a.yaml:2:1: invalid YAML" in message, message
+
+
+def test_update_from_a_profile_this_webhook_does_not_know_is_judged_under_the_new_one(hook: Webhook) -> None:
+    """An old profile since removed from the profiles file cannot be applied: a warning says so (no lock-out)."""
+    old = configmap("retired", {"app.yaml": "a: 1\n"})
+    resp = hook.review(review("retired", profile="yaml", data={"app.yaml": "a: 2\n"}, operation="UPDATE", old=old))
+    assert resp["allowed"] is True and "old profile is unknown here" in resp["warnings"][0], resp
+
+
+# --------------------------------------------------------------------------- the caller's deadline
+
+
+def _clear_pids(work: Path) -> None:
+    for path in (work / "pids").iterdir():
+        path.unlink()
+
+
+def _pids(work: Path) -> set[int]:
+    return {int(path.name) for path in (work / "pids").iterdir()}
+
+
+def _gone(pid: int) -> bool:
+    """Killed: no such process, or a zombie its parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _listening(hook: Webhook) -> dict[str, int]:
+    event = hook.events("webhook_listening")[-1]
+    return {"concurrency": int(event["concurrency"]), "queue_length": int(event["queue_length"])}
+
+
+def test_checker_that_never_ends_is_answered_within_the_callers_timeout(hook: Webhook, work: Path) -> None:
+    """Under ?timeout=2s a checker that never ends (its profile allows 25 s) is killed and the review denied
+    saying the API server's time ran out, long before the profile's own timeout."""
+    _clear_pids(work)
+    before = hook.answers()
+    start = time.monotonic()
+    resp = hook.review(review("slow-1", profile="slow", data={"a.txt": "x"}), timeout="2s")
+    elapsed = time.monotonic() - start
+    assert resp["allowed"] is False, resp
+    message = resp["status"]["message"]
+    assert message.startswith("profile 'slow': checker 'sh' did not finish within "), message
+    assert "(what was left of the API server's ?timeout=2s); killed" in message, message
+    assert elapsed < 10, elapsed  # target 2.5 s; anything near 25 s would be the profile's timeout
+    (pid,) = _pids(work)
+    wait_for(lambda: _gone(pid), 10, what=f"checker {pid} to be killed")
+    assert hook.answers()["checker_deadline"] == before["checker_deadline"] + 1
+
+
+def test_eight_slow_reviews_leave_room_for_a_good_one(hook: Webhook, work: Path) -> None:
+    """8 never-ending checkers under ?timeout=2s at once, then a good nginx review: it is allowed within its own
+    timeout; each slow one is denied at its deadline or answered 503 if no slot freed up in time."""
+    concurrency = _listening(hook)["concurrency"]
+    _clear_pids(work)
+    conf = nginx_conf(8080, "v1", work / "nginx")
+    with ThreadPoolExecutor(8) as pool:
+        slow = [
+            pool.submit(hook.post, review(f"slow-{i}", profile="slow", data={"a.txt": str(i)}), "2s") for i in range(8)
+        ]
+        wait_for(lambda: len(_pids(work)) >= min(8, concurrency), 10, what="every checker slot busy")
+        start = time.monotonic()
+        good = hook.review(review("good-after-slow", profile="nginx", data={"nginx.conf": conf}), timeout="10s")
+        elapsed = time.monotonic() - start
+        answers = [f.result(30) for f in slow]
+    assert good == {"uid": "good-after-slow", "allowed": True}
+    assert elapsed < 10, elapsed
+    for status, body in answers:
+        if status == 200:
+            message = json.loads(body)["response"]["status"]["message"]
+            assert "the API server's ?timeout=2s" in message, message
+        else:
+            assert status == 503 and b"no checker slot became free before the API server's ?timeout=2s" in body
+    pids = _pids(work)
+    wait_for(lambda: all(_gone(pid) for pid in pids), 10, what=f"checkers {pids} to be killed")
+
+
+def test_client_that_disconnects_cancels_its_review(hook: Webhook, work: Path) -> None:
+    """Closing the connection while the checker runs kills the checker (its profile would allow 25 s)."""
+    _clear_pids(work)
+    before = hook.answers()
+    conn = hook.connect()
+    body = json.dumps(review("gone", profile="slow", data={"a.txt": "x"})).encode()
+    conn.request("POST", "/validate?timeout=30s", body=body, headers={"Content-Type": "application/json"})
+    pid = wait_for(lambda: max(_pids(work), default=0), 10, what="the checker to start")
+    conn.close()
+    wait_for(lambda: _gone(pid), 10, what=f"checker {pid} to be killed once its client went away")
+    wait_for(lambda: hook.answers()["cancelled"] == before["cancelled"] + 1, 10, what="the cancellation counted")
+    assert [e["outcome"] for e in hook.events("review_not_judged")][-1] == "cancelled"
+
+
+# --------------------------------------------------------------------------- the sidecar's limits
+
+
+def test_configmap_over_the_sidecars_limits_is_denied_with_the_sidecars_reason(hook: Webhook, tmp_path: Path) -> None:
+    """20,000 keys (the sidecar reads at most 10,000 files) and 5 x 60 KB (over its total) are denied at once,
+    with the very reason a sidecar reading the same ConfigMap from its volume gives."""
+    cases = {
+        "many": {f"k{i:05d}": "x" for i in range(20_000)},
+        "big": {f"{c}.txt": c * 60_000 for c in "abcde"},
+    }
+    for name, data in cases.items():
+        volume = tmp_path / name
+        project(volume, data)
+        snap = read_snapshot(volume, max_file_bytes=MAX_FILE_BYTES, max_total_bytes=MAX_TOTAL_BYTES)
+        sidecar = asyncio.run(validate(snap, Checks((ValidatorSpec("none"),))))
+        assert not sidecar.ok
+        start = time.monotonic()
+        resp = hook.review(review(name, profile="ok", data=data), timeout="10s")
+        elapsed = time.monotonic() - start
+        assert resp["allowed"] is False, resp
+        assert resp["status"]["message"] == f"profile 'ok': {sidecar.reason}"
+        assert elapsed < 10, elapsed
+    assert "more than 10000 files" in hook.review(review("m", profile="ok", data=cases["many"]))["status"]["message"]
+
+
+# --------------------------------------------------------------------------- answers that are not verdicts
+
+
+def _stalled(hook: Webhook, timeout: str) -> ssl.SSLSocket:
+    """A connection that sends a review's headers and never its body."""
+    raw = socket.create_connection(("127.0.0.1", hook.port), timeout=10)
+    sock = hook.context.wrap_socket(raw, server_hostname="127.0.0.1")
+    head = f"POST /validate?timeout={timeout} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    sock.sendall(head.encode() + b"Content-Length: 1000\r\n\r\n")
+    return sock
+
+
+def test_every_answer_that_is_not_a_verdict_is_counted_and_logged(hook: Webhook, work: Path) -> None:
+    """Bad ?timeout=, a stalled body, 413, no slot before the deadline, a full queue, clients gone: each answered
+    as documented, logged with its reason and counted in reload_sidecar_webhook_answers_total{outcome}."""
+    limits = _listening(hook)
+    concurrency = limits["concurrency"]
+    good = review("good", profile="yaml", data={"a.yaml": "a: 1\n"})
+    before = hook.answers()
+    # Go durations as the API server writes them are taken; anything else is a 400
+    for value in ("10s", "1m30s", "1.5s", "2m", "1h", "9000ms"):
+        assert hook.review(good, timeout=value)["allowed"] is True, value
+    for value in ("10", "ten", "10%20s", "-5s", "0", "1x", "1s&timeout=2s"):
+        status, text = hook.post(good, value)
+        assert status == 400 and b"?timeout=" in text, (value, status, text)
+    sock = _stalled(hook, "1s")
+    try:
+        assert b"400 Bad Request" in sock.recv(4096)  # the body did not arrive in time
+    finally:
+        sock.close()
+    assert hook.request("POST", "/validate", b"x" * (9 << 20))[0] == 413
+    # every checker slot busy until its 5 s deadline: a review that must answer within 1 s gets no slot
+    _clear_pids(work)
+    conf = nginx_conf(8080, "v1", work / "nginx")
+    with ThreadPoolExecutor(concurrency) as pool:
+        slow = [
+            pool.submit(hook.post, review(f"hold-{i}", profile="slow", data={"a.txt": str(i)}), "5s")
+            for i in range(concurrency)
+        ]
+        wait_for(lambda: len(_pids(work)) == concurrency, 10, what="every checker slot busy")
+        status, body = hook.post(review("late", profile="nginx", data={"nginx.conf": conf}), "1s")
+        assert status == 503, body
+        answer = json.loads(body)
+        assert answer["kind"] == "Status" and answer["code"] == 503, answer
+        assert "no checker slot became free before the API server's ?timeout=1s ran out" in answer["message"]
+        assert all(f.result(30)[0] == 200 for f in slow)
+    # fill the queue with clients that never send their body; one more is refused at once
+    full = limits["concurrency"] + limits["queue_length"]
+    stalled = [_stalled(hook, "30s") for _ in range(full)]
+    try:
+        wait_for(lambda: hook.metrics()["reload_sidecar_webhook_reviews_in_flight"] == full, 20, what="queue full")
+        status, body = hook.post(good, "10s")
+        assert status == 503 and b"reviews in progress" in body, (status, body)
+    finally:
+        for s in stalled:
+            s.close()
+    wait_for(lambda: hook.metrics()["reload_sidecar_webhook_reviews_in_flight"] == 0, 20, what="queue drained")
+    assert hook.review(good, timeout="10s")["allowed"] is True
+    after = hook.answers()
+    delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    assert delta == {
+        "allowed": 7,
+        "bad_request": 8,
+        "too_large": 1,
+        "checker_deadline": concurrency,
+        "queue_timeout": 1,
+        "queue_full": 1,
+        "cancelled": full,
+    }, delta
+    logged = {e["outcome"] for e in hook.events("review_not_judged") if e.get("reason")}
+    assert {"bad_request", "too_large", "queue_timeout", "queue_full", "cancelled"} <= logged, logged
+
+
+def test_metrics_pass_promtool(hook: Webhook, tmp_path: Path) -> None:
+    """The webhook's /metrics (same TLS port) is valid Prometheus text with every outcome exported."""
+    status, body = hook.request("GET", "/metrics")
+    assert status == 200
+    done = subprocess.run([promtool_bin(), "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert done.returncode == 0, done
+    assert set(hook.answers()) >= {"allowed", "denied", "checker_deadline", "queue_full", "error"}
 
 
 def test_certificate_rotated_while_running(pki: Path, tmp_path: Path) -> None:

@@ -57,16 +57,13 @@ def client_context(ca: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca))
 
 
-def review(
-    uid: str,
-    *,
+def configmap(
     profile: str | None = None,
     data: dict[str, str] | None = None,
     binary: dict[str, str] | None = None,
-    operation: str = "CREATE",
     kind: str = "ConfigMap",
 ) -> dict[str, Any]:
-    """An AdmissionReview v1 request for a ConfigMap `cm` in `default` as the API server sends it."""
+    """A labelled ConfigMap `cm` in `default`, annotated with `profile` if given."""
     meta: dict[str, Any] = {"name": "cm", "namespace": "default", "labels": {"reload-sidecar/validate": "true"}}
     if profile is not None:
         meta["annotations"] = {"reload-sidecar/profile": profile}
@@ -75,6 +72,24 @@ def review(
         obj["data"] = data
     if binary is not None:
         obj["binaryData"] = binary
+    return obj
+
+
+def review(
+    uid: str,
+    *,
+    profile: str | None = None,
+    data: dict[str, str] | None = None,
+    binary: dict[str, str] | None = None,
+    operation: str = "CREATE",
+    kind: str = "ConfigMap",
+    old: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An AdmissionReview v1 request for a ConfigMap `cm` in `default` as the API server sends it.
+
+    An UPDATE carries `old` as `oldObject` (by default the new object itself), a DELETE only `oldObject`.
+    """
+    obj = configmap(profile, data, binary, kind)
     request: dict[str, Any] = {
         "uid": uid,
         "kind": {"group": "", "version": "v1", "kind": kind},
@@ -84,7 +99,7 @@ def review(
         "operation": operation,
         "userInfo": {"username": "kubernetes-admin"},
         "object": None if operation == "DELETE" else obj,
-        "oldObject": obj if operation in ("UPDATE", "DELETE") else None,
+        "oldObject": (old or obj) if operation in ("UPDATE", "DELETE") else None,
         "dryRun": False,
     }
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
@@ -138,14 +153,39 @@ class Webhook(SidecarProcess):
             if own:
                 c.close()
 
-    def review(self, doc: dict[str, Any], conn: http.client.HTTPSConnection | None = None) -> dict[str, Any]:
+    def post(
+        self, doc: dict[str, Any], timeout: str | None = None, conn: http.client.HTTPSConnection | None = None
+    ) -> tuple[int, bytes]:
+        """POST one AdmissionReview to `/validate`, with `?timeout=` as the API server adds it."""
+        path = "/validate" if timeout is None else f"/validate?timeout={timeout}"
+        return self.request("POST", path, json.dumps(doc).encode(), conn)
+
+    def review(
+        self, doc: dict[str, Any], conn: http.client.HTTPSConnection | None = None, timeout: str | None = None
+    ) -> dict[str, Any]:
         """POST one AdmissionReview; the `response` object of the answer (asserts HTTP 200 and the uid)."""
-        status, body = self.request("POST", "/validate", json.dumps(doc).encode(), conn)
+        status, body = self.post(doc, timeout, conn)
         assert status == 200, (status, body)
         answer = json.loads(body)
         assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview", answer
         assert answer["response"]["uid"] == doc["request"]["uid"], answer
         return dict(answer["response"])
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of the webhook's /metrics as `name{labels}` -> value."""
+        status, body = self.request("GET", "/metrics")
+        assert status == 200, body
+        out: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def answers(self) -> dict[str, float]:
+        """`reload_sidecar_webhook_answers_total` by outcome."""
+        prefix = 'reload_sidecar_webhook_answers_total{outcome="'
+        return {k[len(prefix) : -2]: v for k, v in self.metrics().items() if k.startswith(prefix)}
 
     def peer_cert(self, server_hostname: str = "127.0.0.1") -> tuple[int, str]:
         """(serial, CN) of the certificate a new connection is served."""
