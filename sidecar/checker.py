@@ -205,30 +205,34 @@ async def _run(
     capture = _Capture(limits.output_bytes)
     transport, _ = await loop.connect_read_pipe(lambda: capture, os.fdopen(read_fd, "rb", buffering=0))
     _TRACKER.begin()
-    run: _Run | None = None
     try:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *_launcher(limits),
-                exe,
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                cwd=home,
-                env=environ,
-                start_new_session=True,
-            )
-        except OSError as e:
+        proc = await asyncio.create_subprocess_exec(
+            *_launcher(limits),
+            exe,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            cwd=home,
+            env=environ,
+            start_new_session=True,
+        )
+    except BaseException as e:
+        _TRACKER.end(None)
+        transport.close()
+        if isinstance(e, OSError):
             return [f"checker {name!r} cannot be started: {e.strerror or e}"]
-        finally:
-            os.close(write_fd)
-        run = _TRACKER.register(proc.pid, cookie)
-        why: str | None = None
+        raise
+    finally:
+        os.close(write_fd)
+    run = _TRACKER.register(proc.pid, cookie)
+    why: str | None = None
+    try:
+        why = await _supervise(proc, run, capture, deadline, limits, f"checker {name!r}", budget)
+    finally:
         try:
-            why = await _supervise(proc, run, capture, deadline, limits, f"checker {name!r}", budget)
-        finally:
-            survivors = await asyncio.to_thread(_TRACKER.kill_all, run)
+            # Shielded: even a check cancelled twice kills its processes before it is forgotten.
+            survivors = await asyncio.shield(asyncio.ensure_future(_finish(run)))
             if why is not None:
                 log.warning("checker_killed", checker=name, reason=why)
             if survivors:
@@ -237,13 +241,20 @@ async def _run(
             rest = asyncio.ensure_future(capture.ended.wait())
             await asyncio.wait({rest}, timeout=_OUTPUT_GRACE_S)  # only an escaped process still holds the pipe
             rest.cancel()
-        if why is not None:
-            return [why]
-        if code == 0:
-            return []
-        return [f"checker {name!r} {_failure(code, capture, stage, limits)}"]
+        finally:
+            transport.close()
+    if why is not None:
+        return [why]
+    if code == 0:
+        return []
+    return [f"checker {name!r} {_failure(code, capture, stage, limits)}"]
+
+
+async def _finish(run: _Run) -> list[int]:
+    """Kill every process of `run`, then forget it; the pids that would not die."""
+    try:
+        return await asyncio.to_thread(_TRACKER.kill_all, run)
     finally:
-        transport.close()
         _TRACKER.end(run)
 
 

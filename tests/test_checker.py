@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar import checker
 from sidecar.checker import COOKIE, LIMITS, Limits, remove_tree, run_command
 from sidecar.settings import ValidatorSpec
 from sidecar.snapshot import snapshot_of
@@ -218,8 +219,19 @@ async def test_a_checker_burning_cpu_is_stopped_by_its_cpu_limit(tmp_path: Path)
     await _still_works(work)
 
 
-async def test_a_checker_writing_a_huge_file_is_stopped_by_the_file_size_limit(tmp_path: Path) -> None:
-    """A file past 16 MiB ends the checker with SIGXFSZ, the reason says so, and the file is gone."""
+@pytest.fixture(params=["prlimit", "python"])
+def launcher(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Limits set by prlimit(1), or by the Python launcher used where prlimit is missing."""
+    if request.param == "python":
+        monkeypatch.setattr(checker, "_PRLIMIT", [None])
+    else:
+        assert shutil.which("prlimit"), "prlimit (util-linux) is expected on the test machine"
+    return str(request.param)
+
+
+async def test_a_checker_writing_a_huge_file_is_stopped_by_the_file_size_limit(tmp_path: Path, launcher: str) -> None:
+    """A file past 16 MiB ends the checker with SIGXFSZ (the Python launcher restores its default action),
+    the reason says so, and the file is gone."""
     dd = shutil.which("dd")
     assert dd is not None
     work = _work(tmp_path)
@@ -228,7 +240,7 @@ async def test_a_checker_writing_a_huge_file_is_stopped_by_the_file_size_limit(t
     await _still_works(work)
 
 
-async def test_the_checker_runs_under_the_documented_limits(tmp_path: Path) -> None:
+async def test_the_checker_runs_under_the_documented_limits(tmp_path: Path, launcher: str) -> None:
     """CPU, data, address space, file size and core limits are set on the checker itself, soft and hard."""
     work, out = _work(tmp_path), tmp_path / "limits"
     script = (
