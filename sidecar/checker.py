@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import os
 import re
@@ -606,6 +605,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 def _set_subreaper(on: bool) -> bool:
     """prctl(PR_SET_CHILD_SUBREAPER): orphans of our descendants re-parent to us instead of init (Linux)."""
+    import ctypes  # on first use: ~3 ms of start-up a sidecar without a checker never needs
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         ok = bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0)
