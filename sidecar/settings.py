@@ -19,6 +19,7 @@ __all__ = [
     "Stagger",
     "ValidatorSpec",
     "parse_command",
+    "parse_env_names",
     "parse_validators",
 ]
 
@@ -88,6 +89,8 @@ class Settings:
     # The app's own checker as argv (`{dir}` = candidate dir); empty = none.
     validate_command: tuple[str, ...] = ()
     validate_timeout_s: float = 10.0
+    # Variables passed from our environment to the checker (it gets only PATH, HOME and TMPDIR besides).
+    validate_env: tuple[str, ...] = ()
     # HTTP reload trigger; empty url = no HTTP reload.
     reload_url: str = ""
     reload_method: str = "POST"
@@ -225,6 +228,15 @@ def parse_command(raw: str) -> tuple[str, ...]:
     return argv
 
 
+def parse_env_names(raw: str) -> tuple[str, ...]:
+    """`RELOAD_VALIDATE_ENV` (also a webhook profile's `env`): a comma list of environment variable names."""
+    names = _globs(raw)
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+    return names
+
+
 def _method(raw: str) -> str:
     if raw.upper() not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
         raise ValueError("expected an HTTP method such as POST or GET")
@@ -302,6 +314,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_VALIDATE", "validators", parse_validators),
     ("RELOAD_VALIDATE_COMMAND", "validate_command", parse_command),
     ("RELOAD_VALIDATE_TIMEOUT_S", "validate_timeout_s", _float(0.1)),
+    ("RELOAD_VALIDATE_ENV", "validate_env", parse_env_names),
     ("RELOAD_RELOAD_URL", "reload_url", _url),
     ("RELOAD_RELOAD_METHOD", "reload_method", _method),
     ("RELOAD_RELOAD_EXPECT", "reload_expect", _expect),

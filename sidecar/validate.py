@@ -7,14 +7,10 @@ is built, so a "billion laughs" document is refused in milliseconds without allo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
-import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .checker import run_command, stage_files
 from .settings import Settings, ValidatorSpec
 from .snapshot import Snapshot
 
@@ -31,9 +28,6 @@ __all__ = ["Checks", "Verdict", "check_parse", "run_command", "stage_files", "va
 
 MAX_DEPTH = 64
 MAX_NODES = 250_000
-_OUTPUT_CAP = 64 * 1024
-_OUTPUT_GRACE_S = 0.5
-_REASON_CHARS = 1500
 _MAX_PROBLEMS = 20
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -49,10 +43,18 @@ class Checks:
     timeout_s: float = 10.0
     # Where staged copies for the checker are made (the sidecar uses its target dir: same filesystem).
     work_dir: Path | None = None
+    # Variables of our environment the checker gets besides PATH, HOME and TMPDIR (RELOAD_VALIDATE_ENV).
+    env: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings, work_dir: Path | None = None) -> Checks:
-        return cls(settings.validators, settings.validate_command, settings.validate_timeout_s, work_dir)
+        return cls(
+            settings.validators,
+            settings.validate_command,
+            settings.validate_timeout_s,
+            work_dir,
+            settings.validate_env,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,7 @@ class _Problem(Exception):
 async def validate(snapshot: Snapshot, checks: Checks) -> Verdict:
     """Run every check on `snapshot`; parsing happens in a worker thread, the command as a subprocess."""
     start = time.perf_counter()
+    deadline = time.monotonic() + checks.timeout_s  # one budget: parsing, staging and the checker
     problems = list(snapshot.problems)
     if not snapshot.files and not problems:
         problems.append("no files in the source (an empty config is never promoted)")
@@ -103,7 +106,9 @@ async def validate(snapshot: Snapshot, checks: Checks) -> Verdict:
         else:
             problems = await asyncio.to_thread(check_parse, snapshot.files, checks.validators)
     if not problems and checks.command:
-        problems = await run_command(checks.command, snapshot.files, checks.timeout_s, checks.work_dir)
+        problems = await run_command(
+            checks.command, snapshot.files, checks.timeout_s, checks.work_dir, env=checks.env, deadline=deadline
+        )
     return Verdict(snapshot.version, tuple(problems[:_MAX_PROBLEMS]), time.perf_counter() - start)
 
 
@@ -459,99 +464,3 @@ def _schema_problems(name: str, docs: list[Any], schema: dict[str, Any], locate:
     except RecursionError:
         out.append(f"{name}: schema: document nested too deep to check")
     return out
-
-
-def stage_files(files: dict[str, bytes], parent: Path | None, prefix: str) -> Path:
-    """Write `files` into a new private directory under `parent` (or the system temp dir)."""
-    stage = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    for name, data in files.items():
-        path = stage / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return stage
-
-
-async def run_command(
-    argv: tuple[str, ...], files: dict[str, bytes], timeout_s: float, work_dir: Path | None
-) -> list[str]:
-    """Run the checker on a staged copy; its exit status decides, its output (trimmed) is the reason."""
-    stage = await asyncio.to_thread(stage_files, files, work_dir, "..check-")
-    try:
-        args = [a.replace("{dir}", str(stage)) for a in argv]
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as e:
-            return [f"checker {argv[0]!r} cannot be started: {e.strerror or e}"]
-        captured = _Capture()
-        reader = asyncio.ensure_future(captured.read(proc))
-        try:
-            code = await asyncio.wait_for(_exit_code(proc), timeout_s)
-            # A child the checker left behind may hold the pipe open: the rest is not worth waiting for.
-            await asyncio.wait({reader}, timeout=_OUTPUT_GRACE_S)
-        except TimeoutError:
-            why = f"did not finish within {timeout_s:g} s (RELOAD_VALIDATE_TIMEOUT_S); killed"
-            return [f"checker {argv[0]!r} {why}"]
-        finally:
-            _kill_group(proc.pid)  # the checker and anything it left running
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            await asyncio.shield(proc.wait())
-        if code == 0:
-            return []
-        text = captured.text().replace(f"{stage}/", "").replace(str(stage), "<candidate>")
-        return [f"checker {argv[0]!r} exited {code}: {_trim(text)}"]
-    finally:
-        await asyncio.to_thread(shutil.rmtree, stage, True)
-
-
-async def _exit_code(proc: asyncio.subprocess.Process) -> int:
-    """The exit status, even while a child the checker left behind holds its output pipe open
-    (Python 3.11's `Process.wait()` returns only once every pipe is closed)."""
-    waiter = asyncio.ensure_future(proc.wait())
-    try:
-        while proc.returncode is None:
-            await asyncio.wait({waiter}, timeout=0.05)
-        return proc.returncode
-    finally:
-        waiter.cancel()
-
-
-class _Capture:
-    """The head and tail of a checker's output within `_OUTPUT_CAP` bytes: checkers print their verdict last."""
-
-    def __init__(self) -> None:
-        self.head, self.tail, self.dropped = bytearray(), bytearray(), False
-
-    async def read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None  # noqa: S101 - created with stdout=PIPE
-        while chunk := await proc.stdout.read(65536):
-            room = _OUTPUT_CAP // 4 - len(self.head)
-            if room > 0:
-                self.head += chunk[:room]
-                chunk = chunk[room:]
-            self.tail += chunk
-            if len(self.tail) > _OUTPUT_CAP:
-                del self.tail[: len(self.tail) - _OUTPUT_CAP]
-                self.dropped = True
-
-    def text(self) -> str:
-        return (self.head + (b"\n...\n" if self.dropped else b"") + self.tail).decode("utf-8", "replace")
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _trim(text: str) -> str:
-    text = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
-    if len(text) <= _REASON_CHARS:
-        return text
-    return text[:300] + " … " + text[-(_REASON_CHARS - 300) :]

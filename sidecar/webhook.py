@@ -44,7 +44,7 @@ from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from .settings import Settings, SettingsError, parse_command, parse_validators
+from .settings import Settings, SettingsError, parse_command, parse_env_names, parse_validators
 from .snapshot import Snapshot, snapshot_of
 from .validate import Checks, validate
 
@@ -97,7 +97,7 @@ _MAX_KEY_PROBLEMS = 20
 # Bodies above this are decoded in a worker thread so a big review does not stall the others.
 _THREADED_JSON_BYTES = 64 * 1024
 _KEY = re.compile(r"[-._a-zA-Z0-9]+")
-_PROFILE_FIELDS = frozenset({"validate", "command", "timeout_s"})
+_PROFILE_FIELDS = frozenset({"validate", "command", "timeout_s", "env"})
 
 
 #: `reload_sidecar_webhook_answers_total{outcome}`: the first two are plain verdicts; `checker_deadline` is
@@ -238,7 +238,17 @@ def _profile(name: str, body: object, base: Path) -> Profile:
     timeout = body.get("timeout_s", DEFAULT_TIMEOUT_S)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.1 <= timeout <= MAX_TIMEOUT_S:
         raise ValueError(f"timeout_s: expected seconds in [0.1, {MAX_TIMEOUT_S:g}], got {timeout!r}")
-    return Profile(name, Checks(validators, argv, float(timeout)))
+    return Profile(name, Checks(validators, argv, float(timeout), env=_env_names(body.get("env") or [])))
+
+
+def _env_names(env: object) -> tuple[str, ...]:
+    """A profile's `env`: names of the webhook's variables its checker gets (it gets no others)."""
+    if not isinstance(env, list) or not all(isinstance(n, str) for n in env):
+        raise ValueError(f"env: expected a list of environment variable names such as [HTTPS_PROXY], got {env!r}")
+    try:
+        return parse_env_names(",".join(env))
+    except ValueError as e:
+        raise ValueError(f"env: {e}") from None
 
 
 def _relative_schema(word: str, base: Path) -> str:

@@ -510,7 +510,7 @@ async def test_failing_command_reports_its_output_with_relative_names(tmp_path: 
     """A failing checker's exit code and output are the reason, with the staging path made relative."""
     script = (
         "import sys\n"
-        "print(sys.argv[1] + '/nginx.conf:3: unknown directive \"lisen\"')\n"
+        "print(sys.argv[1] + '/nginx.conf:3: unknown directive \"lisen\"', flush=True)\n"  # no PYTHONUNBUFFERED
         "print('  configuration file ' + sys.argv[1] + ' test failed', file=sys.stderr)\n"
         "sys.exit(1)\n"
     )
