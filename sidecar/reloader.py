@@ -25,7 +25,7 @@ from .settings import Settings
 from .signal import Trigger, TriggerError
 from .snapshot import Snapshot, SourceError, read_configured
 from .stagger import Gate
-from .state import Refusal, State, load_state, save_state
+from .state import State, load_state, save_state
 from .validate import Checks, validate
 from .verify import HealthCheck, verify
 from .watch import changes
@@ -196,8 +196,7 @@ class Reloader:
 
     def _hold(self, v: str) -> None:
         self.state.phase = "held"
-        self.state.held.add(v)
-        self.state.mark(v, "held")
+        self.state.hold(v)
         self.metrics.held.inc()
         log.warning("held", reason="a peer reported this version failed; keeping the last good version")
 
@@ -277,8 +276,7 @@ class Reloader:
             log.debug("pruned", versions=removed)
 
     async def _quarantine_and_rollback(self, bad: str, stage: str, reason: str) -> None:
-        self.state.quarantined[bad] = Refusal(reason, stage)
-        self.state.mark(bad, "failed")
+        self.state.quarantine(bad, reason, stage)
         self.state.error(f"version {bad} failed at {stage}: {reason}")
         self.metrics.last_successful.set(0)
         await asyncio.to_thread(save_state, self.s.target_dir, self.state)
