@@ -46,6 +46,7 @@ Verifier = Callable[[aiohttp.ClientSession, HealthCheck], Awaitable[Outcome]]
 class _Pass:
     started: float
     version: str
+    committed: bool = False  # set the moment the version becomes last good: no rollback after that
 
 
 class Reloader:
@@ -238,7 +239,7 @@ class Reloader:
         t = time.perf_counter()
         try:
             wrote = await self._promote_making_room(snap)
-        except _promote.PromoteError as e:
+        except Exception as e:  # PromoteError, or a bug: either way, what matters is where ..data points
             live = await asyncio.to_thread(_promote.current_version, self.s.target_dir)
             if live != p.version:  # nothing changed: retried at the next pass, never remembered as bad
                 self._not_promoted(p.version, e)
@@ -264,7 +265,7 @@ class Reloader:
                 return
             stage, reason = problem
         except Exception as e:
-            if state.last_good == p.version:  # committed already: it is verified and stays
+            if p.committed:  # it is verified and stays
                 log.exception("commit_incomplete", error=str(e))
                 state.error(f"internal error after committing {p.version}: {e}")
                 return
@@ -291,9 +292,14 @@ class Reloader:
         self.metrics.promotions.inc()
         self.metrics.set_version(v)
 
-    def _not_promoted(self, v: str, e: _promote.PromoteError) -> None:
+    def _not_promoted(self, v: str, e: Exception) -> None:
         self.state.error(str(e))
-        log.error("promote_failed", error=str(e), no_space=isinstance(e, _promote.NoSpaceError))
+        log.error(
+            "promote_failed",
+            error=str(e),
+            no_space=isinstance(e, _promote.NoSpaceError),
+            exc_info=not isinstance(e, _promote.PromoteError),  # a bug, not the target: keep its traceback
+        )
         if not self.state.ready:
             self._set_ready(False, f"no good version yet: {v} not promoted: {e}"[:500])
 
@@ -349,7 +355,7 @@ class Reloader:
 
     async def _commit(self, p: _Pass, how: str, first: bool = False) -> None:
         state = self.state
-        state.last_good = p.version
+        state.last_good, p.committed = p.version, True
         self._good_files = state.files
         state.last_reload_at = time.time()
         state.mark(p.version, "healthy")
