@@ -45,8 +45,12 @@ Verifier = Callable[[aiohttp.ClientSession, HealthCheck], Awaitable[Outcome]]
 @dataclass(slots=True)
 class _Pass:
     started: float
-    version: str
+    snap: Snapshot
     committed: bool = False  # set the moment the version becomes last good: no rollback after that
+
+    @property
+    def version(self) -> str:
+        return self.snap.version
 
 
 class Reloader:
@@ -77,6 +81,10 @@ class Reloader:
         self._damaged = False  # degraded because the target was damaged and could not be repaired
         self._unrecorded = False  # degraded because the first version's commit could not be written
         self._good_files: dict[str, dict[str, object]] = {}  # `state.files` of the last good version
+        # The last good version's files (at most RELOAD_MAX_TOTAL_BYTES): a rollback or a repair can rebuild
+        # it even if its dir was deleted and the source has moved on. None after a restart until the source
+        # shows it again.
+        self._good_snap: Snapshot | None = None
 
     @property
     def alive(self) -> bool:
@@ -202,7 +210,7 @@ class Reloader:
             return
         if not first and not await self._gate(v):
             return
-        await self._apply(snap, _Pass(started, v), first)
+        await self._apply(snap, _Pass(started, snap), first)
 
     async def _gate(self, v: str) -> bool:
         """Wait for the stagger gate, unless a newer change arrives first (then this pass is dropped)."""
@@ -356,7 +364,7 @@ class Reloader:
     async def _commit(self, p: _Pass, how: str, first: bool = False) -> None:
         state = self.state
         state.last_good, p.committed = p.version, True
-        self._good_files = state.files
+        self._good_files, self._good_snap = state.files, p.snap
         state.last_reload_at = time.time()
         state.mark(p.version, "healthy")
         self.metrics.reloads.labels("success").inc()
@@ -420,7 +428,7 @@ class Reloader:
         structlog.contextvars.bind_contextvars(version=good, rolling_back_from=bad)
         log.info("rolling_back", reason=reason)
         try:
-            await asyncio.to_thread(_promote.activate, self.s.target_dir, good)
+            await asyncio.to_thread(self._make_live, good)
         except Exception as e:  # PromoteError, or anything else: ..data may still show the bad version
             self._degrade(f"version {bad} failed and the rollback to {good} failed: {e}"[:500])
             log.error("rollback_failed", version=bad, to=good, error=str(e))
@@ -460,7 +468,10 @@ class Reloader:
         state, target, good = self.state, self.s.target_dir, self.state.last_good
         if good is None or state.current != good:
             return True  # nothing verified is live (start-up, or a failure being handled)
-        names = _promote.top_level(snap) if snap.version == good else {n.split("/", 1)[0] for n in state.files}
+        if snap.version == good:
+            self._good_snap = snap  # after a restart: the first time the source shows the last good version
+        kept = self._good_snap if self._good_snap is not None and self._good_snap.version == good else None
+        names = _promote.top_level(kept) if kept else {n.split("/", 1)[0] for n in state.files}
         problem = await _blocking(snap.small, functools.partial(_promote.inspect, target, good, names))
         if problem is None:
             if self._damaged:  # repaired by someone else meanwhile
@@ -468,10 +479,7 @@ class Reloader:
             return True
         log.warning("target_damaged", version=good, problem=problem)
         try:
-            if snap.version == good:
-                await _blocking(snap.small, functools.partial(_promote.restore, snap, target))
-            else:
-                await asyncio.to_thread(_promote.activate, target, good)
+            await _blocking(snap.small, functools.partial(self._make_live, good))
             still = await _blocking(snap.small, functools.partial(_promote.inspect, target, good, names))
             if still is not None:
                 raise _promote.PromoteError(still)
@@ -486,6 +494,16 @@ class Reloader:
             self._repaired()
         await self._persist()  # the state file may have gone with the rest
         return True
+
+    def _make_live(self, good: str) -> None:
+        """Point `..data` at the last good version again (blocking): rebuilt from its files in memory when we
+        have them (so a deleted or damaged dir is no obstacle), else from its dir on disk."""
+        kept = self._good_snap
+        if kept is not None and kept.version == good:
+            _promote.restore(kept, self.s.target_dir)
+            _promote.fsync_dir(self.s.target_dir)
+        else:
+            _promote.activate(self.s.target_dir, good)
 
     def _repaired(self) -> None:
         self._damaged = False

@@ -188,17 +188,17 @@ async def test_enospc_on_the_state_write_does_not_stop_the_rollback(
 
 
 async def test_failed_rollback_is_not_ready_and_is_retried(tmp_path: Path, session: aiohttp.ClientSession) -> None:
-    """The rollback's activate fails (the last good dir is gone): degraded, never ready on the bad version,
-    even if the app later accepts it; once the dir is back, the next pass rolls back."""
+    """The rollback cannot swap `..data` (a directory is in the way of `..data_tmp`): degraded, never ready
+    on the bad version, even if the app later accepts it; once the way is clear, the next pass rolls back."""
     rig = _rig(tmp_path, session)
     good = await _started(rig)
-    hidden = tmp_path / "hidden"
+    obstacle = rig.target / "..data_tmp"
 
-    def take_good_away_then_fail() -> None:
-        version_dir(rig.target, good).rename(hidden)
+    def block_the_swap_then_fail() -> None:
+        (obstacle / "x").mkdir(parents=True)
         raise TriggerError("HTTP 500 from the app")
 
-    rig.app.on_bad = take_good_away_then_fail
+    rig.app.on_bad = block_the_swap_then_fail
     bad = await rig.apply(BAD)
     st = rig.state
     assert current_version(rig.target) == bad and rig.app.asked == [bad]
@@ -210,11 +210,26 @@ async def test_failed_rollback_is_not_ready_and_is_retried(tmp_path: Path, sessi
     await rig.reloader.pass_once()
     assert (st.ready, st.phase) == (False, "degraded") and rig.app.asked == [bad]
 
-    hidden.rename(version_dir(rig.target, good))
+    shutil.rmtree(obstacle)
     await rig.reloader.pass_once()
     assert current_version(rig.target) == good and rig.app.asked == [bad, good]
     assert (st.ready, st.phase) == (True, "idle")
     assert not version_dir(rig.target, bad).exists()
+
+
+async def test_rollback_rebuilds_a_deleted_last_good_dir(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """The last good version's dir was deleted meanwhile: the rollback rebuilds it from the files the
+    sidecar kept, so the app is back on it."""
+    rig = _rig(tmp_path, session)
+    good = await _started(rig)
+
+    def delete_good_then_fail() -> None:
+        shutil.rmtree(version_dir(rig.target, good))
+        raise TriggerError("HTTP 500 from the app")
+
+    rig.app.on_bad = delete_good_then_fail
+    bad = await rig.apply(BAD)
+    _assert_rolled_back(rig, good, bad, "reload", "HTTP 500 from the app")
 
 
 @pytest.mark.parametrize("error", [TriggerError("app is down"), ValueError("unexpected")], ids=["trigger", "raise"])
@@ -323,8 +338,9 @@ async def test_wiped_target_is_rebuilt(tmp_path: Path, session: aiohttp.ClientSe
 async def test_damage_while_the_source_is_quarantined_goes_back_to_last_good(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    """The source still holds a quarantined version when `..data` and a link vanish: the last good version
-    (still on disk) is made live again, not the source's."""
+    """The source still holds a quarantined version when `..data` and a link vanish, and then when the whole
+    target is wiped: the last good version is made live again each time (from its dir, then from the files
+    the sidecar kept), not the source's."""
     rig = _rig(tmp_path, session, on_bad=_raise(TriggerError("HTTP 500")))
     good = await _started(rig)
     await rig.apply(BAD)
@@ -333,6 +349,11 @@ async def test_damage_while_the_source_is_quarantined_goes_back_to_last_good(
     await rig.reloader.pass_once()
     assert current_version(rig.target) == good and (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"]
     assert rig.metric("reload_sidecar_target_repairs_total") == 1 and rig.state.ready
+    _wipe(rig.target)
+    await rig.reloader.pass_once()
+    assert current_version(rig.target) == good and (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"]
+    assert rig.metric("reload_sidecar_target_repairs_total") == 2 and rig.state.ready
+    assert json.loads((rig.target / STATE_FILE).read_text())["last_good"] == good
 
 
 async def test_damage_that_cannot_be_repaired_is_not_ready(tmp_path: Path, session: aiohttp.ClientSession) -> None:
