@@ -148,13 +148,20 @@ async def _once(settings: Settings) -> int:
     if not verdict.ok:
         log.error("refused", version=snap.version, problems=list(verdict.problems))
         return 1
-    wrote = promote.promote(snap, target)
+    try:
+        wrote = promote.promote(snap, target)
+    except promote.PromoteError as e:  # e.g. the target is full: a clear line, no traceback, no ..tmp-* left
+        log.error("promote_failed", version=snap.version, error=str(e))
+        return 1
     # Committed as the sidecar's first promotion is, so the sidecar that starts next does not reload
     # (and re-verify) the app on a version it already has.
     state = State(pod=settings.pod_name)
     load_state(target, state)
     state.last_good = snap.version
-    save_state(target, state)
+    try:
+        save_state(target, state)
+    except OSError as e:  # the files are in place; the sidecar starting next only re-verifies them
+        log.error("state_write_failed", version=snap.version, error=str(e))
     log.info("promoted", version=snap.version, files=len(snap.files), new_dir=wrote)
     return 0
 

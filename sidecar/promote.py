@@ -7,28 +7,40 @@
       nginx.conf -> ..data/nginx.conf  one link per top-level name
 
 Every step is a rename or a symlink, so a SIGKILL at any instant leaves `..data` on a complete version;
-leftovers (`..tmp-*`, `..del-*`, `..check-*`, `..data_tmp`) are removed by `clean_leftovers` at start-up.
+leftovers (`..tmp-*`, `..del-*`, `..check-*`, `..data_tmp`) are removed by `clean_leftovers` at start-up,
+and a promotion that fails removes its own partial `..tmp-*` at once. Staging checks the free space
+first (`NoSpaceError`), so a full target is refused with a clear reason before anything is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
+import stat
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .snapshot import Snapshot
 
 __all__ = [
+    "NoSpaceError",
     "PromoteError",
     "activate",
+    "check_space",
     "clean_leftovers",
     "current_version",
+    "discard",
     "fsync_dir",
+    "inspect",
     "promote",
     "prune",
+    "restore",
+    "space_needed",
+    "top_level",
     "version_dir",
 ]
 
@@ -37,10 +49,17 @@ _DATA_TMP = "..data_tmp"
 _PREFIX = "..v-"
 _FSYNC_BATCH = 64  # files kept open for one parallel fsync round
 _LEFTOVERS = ("..tmp-", "..del-", "..check-", "..link-")
+# Kept free beyond a version's own blocks: the state file (bounded, tens of KB), links, a rename's new entries.
+SPACE_MARGIN = 64 * 1024
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class PromoteError(OSError):
     """The target dir could not be updated; `..data` still points at the previous version."""
+
+
+class NoSpaceError(PromoteError):
+    """The target has no room for the version: the target's fault, not the content's (retried later)."""
 
 
 def version_dir(target: Path, version: str) -> Path:
@@ -57,43 +76,97 @@ def current_version(target: Path) -> str | None:
 
 
 def promote(snapshot: Snapshot, target: Path, *, fsync: bool = True) -> bool:
-    """Make `snapshot` the live version; False when it already was. Raises `PromoteError`."""
+    """Make `snapshot` the live version; False when it already was.
+
+    Raises `NoSpaceError` when the target lacks room (nothing changed), `PromoteError` otherwise. If the
+    error comes after the `..data` swap (a top-level link), `..data` already points at the new version:
+    `current_version` tells the caller which one is live.
+    """
+    final = version_dir(target, snapshot.version)
+    wrote = False
     try:
-        if current_version(target) == snapshot.version and version_dir(target, snapshot.version).is_dir():
+        if current_version(target) == snapshot.version and final.is_dir():
             _sync_links(target, snapshot)
             return False
-        _check_top_links(target, _top_level(snapshot))
-        _write_version(target, snapshot, fsync)
+        _check_top_links(target, top_level(snapshot))
+        if not final.is_dir():
+            check_space(target, snapshot)
+            _write_version(target, snapshot, fsync)
+            wrote = True
+        else:  # only ever created by a rename of a complete, synced dir: reuse it
+            os.utime(final)
         _swap(target, f"{_PREFIX}{snapshot.version}", DATA)
+        wrote = False  # live now: from here on it is the caller's to keep or roll back
         _sync_links(target, snapshot)
         # The target dir itself is fsynced later, off the reload's path, by the state write that commits
         # the version: until then a power cut can only leave ..data on the previous complete version.
         return True
+    except NoSpaceError:
+        raise
     except OSError as e:
+        if wrote:  # written but never made live: nobody needs it, and it holds the space of a whole version
+            with contextlib.suppress(OSError):
+                discard(target, snapshot.version)
+        if e.errno in _NO_SPACE:
+            raise NoSpaceError(f"promotion into {target} failed: target is full: {e}") from e
         raise PromoteError(f"promotion into {target} failed: {e}") from e
+
+
+def space_needed(snapshot: Snapshot, block: int) -> int:
+    """Bytes a version takes on a filesystem with `block`-byte blocks: each file and dir rounded up, plus
+    `SPACE_MARGIN` for the state file and links."""
+    data = sum(-(-len(b) // block) * block for b in snapshot.files.values())
+    return data + len(_dirs(snapshot)) * block + SPACE_MARGIN
+
+
+def _dirs(snapshot: Snapshot) -> set[Path]:
+    """The directories a version dir holds, itself included (as ".")."""
+    return {Path("."), *(p for name in snapshot.files for p in Path(name).parents)}
+
+
+def check_space(target: Path, snapshot: Snapshot) -> None:
+    """Raise `NoSpaceError` when `target` has too few free bytes (or inodes) for `snapshot`."""
+    try:
+        st = os.statvfs(target)
+    except OSError:
+        return  # cannot tell: let the write itself find out
+    block = st.f_frsize or st.f_bsize or 4096
+    free, needed = st.f_bavail * block, space_needed(snapshot, block)
+    if free < needed:
+        raise NoSpaceError(f"target {target} has {free} bytes free, version {snapshot.version} needs {needed}")
+    inodes = len(snapshot.files) + len(_dirs(snapshot)) + 16
+    if st.f_files and st.f_favail < inodes:  # f_files == 0: the filesystem has no inode limit
+        raise NoSpaceError(f"target {target} has {st.f_favail} inodes free, version {snapshot.version} needs {inodes}")
 
 
 def activate(target: Path, version: str) -> None:
     """Point `..data` back at a version still on disk (rollback); raises `PromoteError` if it is gone."""
     vdir = version_dir(target, version)
     try:
-        top_level = {entry.name for entry in os.scandir(vdir)}
-        _check_top_links(target, top_level)
+        names = {entry.name for entry in os.scandir(vdir)}
+        _check_top_links(target, names)
         _swap(target, f"{_PREFIX}{version}", DATA)
-        _sync_top_links(target, top_level)
+        _sync_top_links(target, names)
         fsync_dir(target)
     except OSError as e:
         raise PromoteError(f"rollback into {target} failed: {e}") from e
 
 
 def _write_version(target: Path, snapshot: Snapshot, fsync: bool) -> None:
-    final = version_dir(target, snapshot.version)
-    if final.is_dir():  # only ever created by a rename of a complete, synced dir: reuse it
-        os.utime(final)
-        return
+    """Write the version into `..tmp-*` and rename it into place; on any error the partial dir is removed."""
     tmp = target / f"..tmp-{snapshot.version}-{secrets.token_hex(4)}"
-    dirs, pending = [tmp], []
     _mkdir(tmp)
+    try:
+        _fill(tmp, snapshot, fsync)
+        os.rename(tmp, version_dir(target, snapshot.version))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fill(tmp: Path, snapshot: Snapshot, fsync: bool) -> None:
+    dirs: list[Path] = [tmp]
+    pending: list[int] = []
     for name, data in snapshot.files.items():
         path = tmp / name
         for parent in reversed(path.relative_to(tmp).parents[:-1]):
@@ -116,7 +189,6 @@ def _write_version(target: Path, snapshot: Snapshot, fsync: bool) -> None:
     if fsync:
         for directory in reversed(dirs):
             fsync_dir(directory)
-    os.rename(tmp, final)
 
 
 def _sync_and_close(fds: list[int], fsync: bool) -> None:
@@ -147,12 +219,13 @@ def _swap(target: Path, link_to: str, name: str) -> None:
     os.replace(tmp, target / name)
 
 
-def _top_level(snapshot: Snapshot) -> set[str]:
+def top_level(snapshot: Snapshot) -> set[str]:
+    """The names the app sees at the top of the target (one link each)."""
     return {name.split("/", 1)[0] for name in snapshot.files}
 
 
 def _sync_links(target: Path, snapshot: Snapshot) -> None:
-    _sync_top_links(target, _top_level(snapshot))
+    _sync_top_links(target, top_level(snapshot))
 
 
 def _check_top_links(target: Path, top_level: set[str]) -> None:
@@ -186,6 +259,75 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def inspect(target: Path, version: str, names: Iterable[str]) -> str | None:
+    """What is wrong with `target` showing `version` through the top-level `names`, or None when it does.
+
+    Cheap enough for every resync: one readlink and one lstat, then one lstat and one readlink per name;
+    file contents are never read, so damage below the top level of the version dir is not seen.
+    """
+    try:
+        link = os.readlink(target / DATA)
+    except FileNotFoundError:
+        return f"{DATA} is missing"
+    except OSError as e:
+        return f"{DATA} is not a symlink ({e.strerror})"
+    if link != f"{_PREFIX}{version}":
+        return f"{DATA} points at {link!r}, not {_PREFIX}{version}"
+    vdir = version_dir(target, version)
+    try:
+        if not stat.S_ISDIR(os.lstat(vdir).st_mode):
+            return f"{vdir.name} is not a directory"
+    except FileNotFoundError:
+        return f"{vdir.name} is missing"
+    for name in sorted(names):
+        if not os.path.lexists(vdir / name):
+            return f"{name} is missing from {vdir.name}"
+        try:
+            if os.readlink(target / name) != f"{DATA}/{name}":
+                return f"link {name} does not point at {DATA}/{name}"
+        except FileNotFoundError:
+            return f"link {name} is missing"
+        except OSError:
+            return f"{name} is not our symlink"
+    return None
+
+
+def restore(snapshot: Snapshot, target: Path) -> None:
+    """Make `snapshot` live again after the target was damaged; raises `PromoteError`.
+
+    A version dir missing any of its top-level entries is replaced by a fresh copy; an intact one is
+    reused, so a deleted `..data` or link costs a symlink, not a rewrite.
+    """
+    vdir = version_dir(target, snapshot.version)
+    try:
+        if vdir.is_dir() and not all(os.path.lexists(vdir / name) for name in top_level(snapshot)):
+            _remove(target, snapshot.version)
+    except OSError as e:
+        raise PromoteError(f"cannot replace the damaged {vdir.name}: {e}") from e
+    promote(snapshot, target)
+
+
+def discard(target: Path, version: str) -> bool:
+    """Delete one version dir that is not live (a failed or abandoned version); False when there was none."""
+    if current_version(target) == version:
+        raise PromoteError(f"refusing to delete {_PREFIX}{version}: it is live")
+    try:
+        return _remove(target, version)
+    except OSError as e:
+        raise PromoteError(f"cannot delete {_PREFIX}{version}: {e}") from e
+
+
+def _remove(target: Path, version: str) -> bool:
+    doomed = target / f"..del-{version}-{secrets.token_hex(4)}"
+    try:
+        # Renamed first: a crash mid-rmtree must never leave a partial dir under a version name.
+        os.rename(version_dir(target, version), doomed)
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
+
+
 def prune(target: Path, keep: int, protect: set[str]) -> list[str]:
     """Delete version dirs beyond the newest `keep` old ones; never the current or a `protect`ed one."""
     current = current_version(target)
@@ -198,11 +340,8 @@ def prune(target: Path, keep: int, protect: set[str]) -> list[str]:
     versions.sort(reverse=True)
     removed = []
     for _, version in versions[keep:]:
-        # Renamed first: a crash mid-rmtree must never leave a partial dir under a version name.
-        doomed = target / f"..del-{version}-{secrets.token_hex(4)}"
-        os.rename(version_dir(target, version), doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
-        removed.append(version)
+        if _remove(target, version):
+            removed.append(version)
     return removed
 
 

@@ -4,6 +4,11 @@
 
 One worker runs one pass at a time; changes seen meanwhile collapse into one more pass, which reads
 the source afresh, so the latest version always wins and a storm costs at most two reloads.
+
+The rule after a promotion: anything that goes wrong before the version is committed (a failed reload
+or verification, an exception of any kind) rolls back to the last good version and signals the app, or,
+if that fails too, marks the sidecar degraded (not ready) with the reason. State-file writes never stand
+in the way: a failed write is logged and counted, and retried at the next commit or pass.
 """
 
 from __future__ import annotations
@@ -25,21 +30,27 @@ from .settings import Settings
 from .signal import Trigger, TriggerError
 from .snapshot import Snapshot, SourceError, read_configured
 from .stagger import Gate
-from .state import Refusal, State, load_state, save_state
+from .state import State, load_state, save_state
 from .validate import Checks, validate
-from .verify import HealthCheck, verify
+from .verify import HealthCheck, Outcome, verify
 from .watch import changes
 
 __all__ = ["Reloader"]
 
 log = structlog.get_logger("reloader")
 T = TypeVar("T")
+Verifier = Callable[[aiohttp.ClientSession, HealthCheck], Awaitable[Outcome]]
 
 
 @dataclass(slots=True)
 class _Pass:
     started: float
-    version: str
+    snap: Snapshot
+    committed: bool = False  # set the moment the version becomes last good: no rollback after that
+
+    @property
+    def version(self) -> str:
+        return self.snap.version
 
 
 class Reloader:
@@ -54,13 +65,26 @@ class Reloader:
         gate: Gate,
         session: aiohttp.ClientSession,
         health: HealthCheck | None = None,
+        verifier: Verifier = verify,
     ) -> None:
         self.s, self.state, self.metrics = settings, state, metrics
         self.trigger, self.gate, self.session, self.health = trigger, gate, session, health
+        self.verifier = verifier
         self.checks = Checks.from_settings(settings, settings.target_dir)
         self._wake = asyncio.Event()
         self._last_small = False  # was the last snapshot small enough to read without a thread hop?
         self._worker: asyncio.Task[None] | None = None
+        # Nothing was live at start-up and no version has been ready since: the app has not started (it
+        # waits for /readyz) and reads the files itself, so the next promotion has nobody to signal.
+        self._unstarted = True
+        self._dirty = False  # the state file lags behind memory (a write failed): retried at each pass
+        self._damaged = False  # degraded because the target was damaged and could not be repaired
+        self._unrecorded = False  # degraded because the first version's commit could not be written
+        self._good_files: dict[str, dict[str, object]] = {}  # `state.files` of the last good version
+        # The last good version's files (at most RELOAD_MAX_TOTAL_BYTES): a rollback or a repair can rebuild
+        # it even if its dir was deleted and the source has moved on. None after a restart until the source
+        # shows it again.
+        self._good_snap: Snapshot | None = None
 
     @property
     def alive(self) -> bool:
@@ -68,13 +92,14 @@ class Reloader:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start up (recover the target dir and state), then watch and sync until `stop` is set."""
-        await asyncio.to_thread(self._recover)
+        await asyncio.to_thread(self.recover)
         self._wake.set()
         async with asyncio.TaskGroup() as tg:
             self._worker = tg.create_task(self._work(stop), name="worker")
             tg.create_task(self._watch(stop), name="watch")
 
-    def _recover(self) -> None:
+    def recover(self) -> None:
+        """Start-up: remove leftovers, load the state file, find the live version (blocking file work)."""
         target = self.s.target_dir
         removed = _promote.clean_leftovers(target)
         if removed:
@@ -85,6 +110,7 @@ class Reloader:
         self.state.current = _promote.current_version(target)
         if self.state.last_good and not _promote.version_dir(target, self.state.last_good).is_dir():
             self.state.last_good = None
+        self._unstarted = self.state.current is None
         if self.state.current is not None and self.state.current == self.state.last_good:
             self._set_ready(True)
         self.metrics.set_version(self.state.current)
@@ -109,7 +135,7 @@ class Reloader:
                 break
             self._wake.clear()
             # A pass may wait minutes (stagger, verification): SIGTERM must not wait for it.
-            one_pass = asyncio.create_task(self.sync(), name="pass")
+            one_pass = asyncio.create_task(self.pass_once(), name="pass")
             await _first(one_pass, stop.wait())
             if not one_pass.done():
                 log.info("pass_cancelled", reason="shutting down")
@@ -119,19 +145,32 @@ class Reloader:
             except asyncio.CancelledError:
                 if not one_pass.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise  # we are being cancelled ourselves, not just the pass
-            except Exception as e:  # a bug in one pass must not end the sidecar; the next change retries
-                log.exception("pass_failed", error=str(e))
-                self.state.error(f"internal error: {e}")
-            finally:
-                structlog.contextvars.clear_contextvars()
-                if self.state.phase not in ("degraded", "held"):
-                    self.state.phase = "idle"
         self._set_ready(False, "shutting down")
         self.state.phase = "stopping"
+
+    async def pass_once(self) -> None:
+        """One `sync` with the worker's safety net: a bug in one pass must not end the sidecar."""
+        try:
+            await self.sync()
+        except Exception as e:  # the next change or resync retries
+            log.exception("pass_failed", error=str(e))
+            self.state.error(f"internal error: {e}")
+            live, good = self.state.current, self.state.last_good
+            if live is not None and live != good:  # never ready with an unverified version live
+                self._degrade(f"internal error while version {live} (not verified) is live: {e}"[:500])
+        finally:
+            structlog.contextvars.clear_contextvars()
+            if self.state.phase not in ("degraded", "held"):
+                self.state.phase = "idle"
 
     async def sync(self) -> None:
         """One pass: read the source and take it as far through the pipeline as it deserves."""
         state, started = self.state, time.perf_counter()
+        if self._dirty and await self._persist() and self._unrecorded:
+            self._unrecorded = False
+            if state.current == state.last_good:
+                self._set_ready(True)
+                state.phase = "idle"
         if state.current in state.quarantined and state.last_good not in (None, state.current):
             await self._rollback(state.current, "a quarantined version was live at start-up")
             return
@@ -144,6 +183,8 @@ class Reloader:
             return
         v = snap.version
         known_bad = v in state.quarantined or v in state.refused or v in state.held
+        if (known_bad or v == state.current) and not await self._check_target(snap):
+            return
         if known_bad or (v == state.current and v == state.last_good):
             if known_bad:
                 log.debug("skipped_known_bad", version=v)
@@ -162,14 +203,14 @@ class Reloader:
                 self._set_ready(False, f"no good version yet: {v} refused: {verdict.reason}"[:500])
             return
         log.info("validated", files=len(snap.files), bytes=snap.total_bytes, duration_ms=_ms(verdict.duration_s))
-        first = state.current is None
+        first = self._unstarted
         if first and await self.gate.admit_first(v) == "held":
             self._hold(v)
             self._set_ready(False, f"version {v} is held by the fleet; waiting for a newer version")
             return
         if not first and not await self._gate(v):
             return
-        await self._apply(snap, _Pass(started, v), first)
+        await self._apply(snap, _Pass(started, snap), first)
 
     async def _gate(self, v: str) -> bool:
         """Wait for the stagger gate, unless a newer change arrives first (then this pass is dropped)."""
@@ -196,8 +237,7 @@ class Reloader:
 
     def _hold(self, v: str) -> None:
         self.state.phase = "held"
-        self.state.held.add(v)
-        self.state.mark(v, "held")
+        self.state.hold(v)
         self.metrics.held.inc()
         log.warning("held", reason="a peer reported this version failed; keeping the last good version")
 
@@ -206,31 +246,90 @@ class Reloader:
         state.phase = "promoting"
         t = time.perf_counter()
         try:
-            wrote = await _blocking(snap.small, functools.partial(_promote.promote, snap, self.s.target_dir))
-        except _promote.PromoteError as e:
-            state.error(str(e))
-            log.error("promote_failed", error=str(e))
-            return
-        state.current = p.version
-        state.files = {n: {"bytes": snap.sizes[n]} for n in snap.files}
-        self.metrics.promotions.inc()
-        self.metrics.set_version(p.version)
-        log.info("promoted", files=len(snap.files), new_dir=wrote, duration_ms=_ms(time.perf_counter() - t))
-        if first:
-            # The app starts after the sidecar and reads the files itself: nobody to signal or verify.
-            await self._commit(p, "first version at start-up")
-            return
-        # No state write here: a restart reads the live version from ..data and re-verifies it.
-        problem = await self._reload_and_verify()
-        if problem is None:
-            await self._commit(p, "reloaded")
-        else:
-            stage, reason = problem
+            wrote = await self._promote_making_room(snap)
+        except Exception as e:  # PromoteError, or a bug: either way, what matters is where ..data points
+            live = await asyncio.to_thread(_promote.current_version, self.s.target_dir)
+            if live != p.version:  # nothing changed: retried at the next pass, never remembered as bad
+                self._not_promoted(p.version, e)
+                return
+            # ..data was swapped before the error (a top-level link): live but not whole. The target's
+            # fault, not the content's: rolled back without a quarantine, so the next pass retries it.
+            self._now_live(snap, p.version)
+            log.error("promote_failed", error=str(e), live=True)
             self.metrics.reloads.labels("failed").inc()
-            await self._quarantine_and_rollback(p.version, stage, reason)
+            await self._fail(p.version, "", f"promoted only in part: {e}")
+            return
+        try:
+            self._now_live(snap, p.version)
+            log.info("promoted", files=len(snap.files), new_dir=wrote, duration_ms=_ms(time.perf_counter() - t))
+            if first:
+                # The app starts after the sidecar and reads the files itself: nobody to signal or verify.
+                await self._commit(p, "first version at start-up", first=True)
+                return
+            # No state write here: a restart reads the live version from ..data and re-verifies it.
+            problem = await self._reload_and_verify()
+            if problem is None:
+                await self._commit(p, "reloaded")
+                return
+            stage, reason = problem
+        except Exception as e:
+            if p.committed:  # it is verified and stays
+                log.exception("commit_incomplete", error=str(e))
+                state.error(f"internal error after committing {p.version}: {e}")
+                return
+            log.exception("failed_after_promotion", error=str(e))
+            stage, reason = "internal", f"internal error: {type(e).__name__}: {e}"
+        self.metrics.reloads.labels("failed").inc()
+        await self._fail(p.version, stage, reason)
+
+    async def _promote_making_room(self, snap: Snapshot) -> bool:
+        """`promote.promote`; when the target is short of space, old history versions go first (one retry)."""
+        call = functools.partial(_promote.promote, snap, self.s.target_dir)
+        try:
+            return await _blocking(snap.small, call)
+        except _promote.NoSpaceError as e:
+            removed = await asyncio.to_thread(self._prune, 0)
+            if not removed:
+                raise
+            log.warning("pruned_for_space", versions=removed, error=str(e))
+            return await _blocking(snap.small, call)
+
+    def _now_live(self, snap: Snapshot, v: str) -> None:
+        self.state.current = v
+        self.state.files = {n: {"bytes": snap.sizes.get(n, len(b))} for n, b in snap.files.items()}
+        self.metrics.promotions.inc()
+        self.metrics.set_version(v)
+
+    def _not_promoted(self, v: str, e: Exception) -> None:
+        self.state.error(str(e))
+        log.error(
+            "promote_failed",
+            error=str(e),
+            no_space=isinstance(e, _promote.NoSpaceError),
+            exc_info=not isinstance(e, _promote.PromoteError),  # a bug, not the target: keep its traceback
+        )
+        if not self.state.ready:
+            self._set_ready(False, f"no good version yet: {v} not promoted: {e}"[:500])
+
+    async def _fail(self, v: str, stage: str, reason: str) -> None:
+        """A promoted version failed before its commit: quarantine it (unless `stage` is empty) and roll back."""
+        try:
+            if stage:
+                await self._quarantine_and_rollback(v, stage, reason)
+            else:
+                self.metrics.last_successful.set(0)
+                self.state.error(f"version {v} failed: {reason}")
+                await self._rollback(v, reason)
+        except Exception as e:  # the last line: whatever happened, never report ready on it
+            log.exception("rollback_failed", version=v, error=str(e))
+            self._degrade(f"version {v} failed ({reason}) and the rollback raised: {e}"[:500])
 
     async def _reload_and_verify(self) -> tuple[str, str] | None:
-        """(stage, reason) when the app did not reload or is not healthy afterwards; None when it is."""
+        """(stage, reason) when the app did not reload or is not healthy afterwards; None when it is.
+
+        Never raises (but CancelledError): an unexpected exception from the trigger or the health check
+        is a failure of that stage, with its traceback logged.
+        """
         self.state.phase = "reloading"
         t = time.perf_counter()
         try:
@@ -238,6 +337,9 @@ class Reloader:
         except TriggerError as e:
             log.error("reload_failed", method=self.trigger.method, error=str(e))
             return "reload", str(e)
+        except Exception as e:
+            log.exception("reload_failed", method=self.trigger.method, error=str(e))
+            return "reload", f"internal error: {type(e).__name__}: {e}"
         log.info(
             "reload_triggered", method=self.trigger.method, evidence=evidence, duration_ms=_ms(time.perf_counter() - t)
         )
@@ -245,7 +347,11 @@ class Reloader:
             return None
         self.state.phase = "verifying"
         t = time.perf_counter()
-        outcome = await verify(self.session, self.health)
+        try:
+            outcome = await self.verifier(self.session, self.health)
+        except Exception as e:
+            log.exception("verify_failed", error=str(e))
+            return "verify", f"internal error: {type(e).__name__}: {e}"
         log.log(
             20 if outcome.ok else 40,
             "verified" if outcome.ok else "verify_failed",
@@ -255,33 +361,61 @@ class Reloader:
         )
         return None if outcome.ok else ("verify", outcome.reason)
 
-    async def _commit(self, p: _Pass, how: str) -> None:
+    async def _commit(self, p: _Pass, how: str, first: bool = False) -> None:
         state = self.state
-        state.last_good = p.version
+        state.last_good, p.committed = p.version, True
+        self._good_files, self._good_snap = state.files, p.snap
         state.last_reload_at = time.time()
         state.mark(p.version, "healthy")
-        self._set_ready(True)
         self.metrics.reloads.labels("success").inc()
         self.metrics.last_success.set(time.time())
         self.metrics.last_successful.set(1)
         duration = time.perf_counter() - p.started
         self.metrics.duration.observe(duration)
-        await asyncio.to_thread(self._persist_and_prune)
+        if await self._persist() or not first:
+            self._set_ready(True)  # a verified version whose record failed stays: the write is retried
+        else:
+            # The app starts on the first version once /readyz says so: not before it is on record, or a
+            # restart would take it for an unverified version and reload an app that never started.
+            self._unrecorded = True
+            self._degrade(f"version {p.version} is live but not recorded in the state file; retried at each resync")
+        await asyncio.to_thread(self._prune, self.s.history)
         log.info("committed", how=how, duration_ms=_ms(duration))
 
-    def _persist_and_prune(self) -> None:
-        save_state(self.s.target_dir, self.state)
+    async def _persist(self) -> bool:
+        """Write the state file; best effort: a failure is logged, counted and retried at the next pass."""
+        try:
+            await asyncio.to_thread(save_state, self.s.target_dir, self.state)
+        except Exception as e:
+            self._dirty = True
+            self.metrics.state_write_failures.inc()
+            self.state.error(f"state file not written ({e}); retried at the next commit or resync")
+            log.error("state_write_failed", error=str(e))
+            return False
+        if self._dirty:
+            self._dirty = False
+            log.info("state_written", after="an earlier failed write")
+        return True
+
+    def _prune(self, keep: int) -> list[str]:
+        """Old versions beyond `keep` deleted (never the live or last good one); best effort."""
         protect = {v for v in (self.state.last_good, self.state.current) if v}
-        removed = _promote.prune(self.s.target_dir, self.s.history, protect)
+        try:
+            removed = _promote.prune(self.s.target_dir, keep, protect)
+        except OSError as e:
+            log.warning("prune_failed", error=str(e))
+            return []
         if removed:
             log.debug("pruned", versions=removed)
+        return removed
 
     async def _quarantine_and_rollback(self, bad: str, stage: str, reason: str) -> None:
-        self.state.quarantined[bad] = Refusal(reason, stage)
-        self.state.mark(bad, "failed")
-        self.state.error(f"version {bad} failed at {stage}: {reason}")
+        self.state.quarantine(bad, reason, stage)
         self.metrics.last_successful.set(0)
-        await asyncio.to_thread(save_state, self.s.target_dir, self.state)
+        # Before the rollback, so a crash during it still finds the version quarantined; but only best
+        # effort: a full disk must not keep a bad version live.
+        await self._persist()
+        self.state.error(f"version {bad} failed at {stage}: {reason}")
         await self._rollback(bad, reason)
 
     async def _rollback(self, bad: str, reason: str) -> None:
@@ -294,16 +428,18 @@ class Reloader:
         structlog.contextvars.bind_contextvars(version=good, rolling_back_from=bad)
         log.info("rolling_back", reason=reason)
         try:
-            await asyncio.to_thread(_promote.activate, self.s.target_dir, good)
-        except _promote.PromoteError as e:
-            self._degrade(str(e))
+            await asyncio.to_thread(self._make_live, good)
+        except Exception as e:  # PromoteError, or anything else: ..data may still show the bad version
+            self._degrade(f"version {bad} failed and the rollback to {good} failed: {e}"[:500])
             log.error("rollback_failed", version=bad, to=good, error=str(e))
             return
         state.current = good
+        state.files = self._good_files
         self.metrics.set_version(good)
-        await asyncio.to_thread(save_state, self.s.target_dir, state)
+        # activate() made the swap durable; the state file has nothing new to say until the next commit.
         problem = await self._reload_and_verify()
         self.metrics.rollbacks.inc()
+        await self._discard(bad)
         if problem is not None:
             self._degrade(f"rolled back to {good} but the app is still not healthy: {problem[1]}")
             log.error("rolled_back_unhealthy", version=bad, to=good, reason=reason, after=problem[1])
@@ -313,9 +449,76 @@ class Reloader:
         state.phase = "idle"
         log.warning("rolled_back", version=bad, to=good, reason=reason)
 
+    async def _discard(self, bad: str) -> None:
+        """Delete a failed version's dir once it is no longer live: it is quarantined by hash, and a run of
+        bad versions must not fill the target."""
+        try:
+            if await asyncio.to_thread(_promote.discard, self.s.target_dir, bad):
+                log.info("discarded", version=bad)
+        except _promote.PromoteError as e:
+            log.warning("discard_failed", version=bad, error=str(e))
+
+    async def _check_target(self, snap: Snapshot) -> bool:
+        """Is the last good version still what the target shows? Repair it if not; False if that failed.
+
+        Checked on each pass with nothing new to promote while the last good version is live (a few
+        lstat/readlink calls): someone deleting `..data`, a link or the whole target must not leave
+        /readyz at 200 with nothing served. A pass that promotes rewrites `..data` and the links anyway.
+        """
+        state, target, good = self.state, self.s.target_dir, self.state.last_good
+        if good is None or state.current != good:
+            return True  # nothing verified is live (start-up, or a failure being handled)
+        if snap.version == good:
+            self._good_snap = snap  # after a restart: the first time the source shows the last good version
+        kept = self._good_snap if self._good_snap is not None and self._good_snap.version == good else None
+        names = _promote.top_level(kept) if kept else {n.split("/", 1)[0] for n in state.files}
+        problem = await _blocking(snap.small, functools.partial(_promote.inspect, target, good, names))
+        if problem is None:
+            if self._damaged:  # repaired by someone else meanwhile
+                self._repaired()
+            return True
+        log.warning("target_damaged", version=good, problem=problem)
+        try:
+            await _blocking(snap.small, functools.partial(self._make_live, good))
+            still = await _blocking(snap.small, functools.partial(_promote.inspect, target, good, names))
+            if still is not None:
+                raise _promote.PromoteError(still)
+        except OSError as e:
+            log.error("target_repair_failed", version=good, problem=problem, error=str(e))
+            self._damaged = True
+            self._degrade(f"target damaged ({problem}) and not repaired: {e}"[:500])
+            return False
+        self.metrics.target_repairs.inc()
+        log.warning("target_repaired", version=good, problem=problem)
+        if self._damaged:
+            self._repaired()
+        await self._persist()  # the state file may have gone with the rest
+        return True
+
+    def _make_live(self, good: str) -> None:
+        """Point `..data` at the last good version again (blocking): rebuilt from its files in memory when we
+        have them (so a deleted or damaged dir is no obstacle), else from its dir on disk."""
+        kept = self._good_snap
+        if kept is not None and kept.version == good:
+            _promote.restore(kept, self.s.target_dir)
+            _promote.fsync_dir(self.s.target_dir)
+        else:
+            _promote.activate(self.s.target_dir, good)
+
+    def _repaired(self) -> None:
+        self._damaged = False
+        self._set_ready(True)
+        self.state.phase = "idle"
+
     async def _recheck_degraded(self) -> None:
-        """On a resync while degraded: the app may have recovered on the live version."""
-        if self.state.phase != "degraded" or self.state.current is None:
+        """On a pass while degraded, retry what failed: a rollback that did not happen is tried again; on
+        the last good version, the app may have recovered."""
+        state = self.state
+        if state.phase != "degraded" or state.current is None or self._unrecorded or self._damaged:
+            return
+        if state.current != state.last_good:  # never report ready on a version that was not verified
+            if state.last_good is not None:
+                await self._rollback(state.current, "retrying the rollback that failed")
             return
         problem = await self._reload_and_verify()
         if problem is None:
@@ -331,6 +534,8 @@ class Reloader:
         self._set_ready(False, why)
 
     def _set_ready(self, ready: bool, reason: str = "") -> None:
+        if ready:
+            self._unstarted = False
         self.state.ready = ready
         self.state.ready_reason = reason
         self.metrics.ready.set(1 if ready else 0)

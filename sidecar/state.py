@@ -3,6 +3,10 @@
 The state file (`..reload-sidecar-state.json` in the target dir: a `..` name, so neither the app's links
 nor the kubelet-style layout ever show it) is written atomically so a restart keeps the last good
 version and never retries a quarantined one.
+
+Every collection here is bounded, so `/status` and the state file stay small however many versions
+come and go: the newest 50 refused, quarantined, held and tracked versions are kept. A quarantined
+version forgotten that way would be tried again if it ever came back (and quarantined again if it fails).
 """
 
 from __future__ import annotations
@@ -13,14 +17,19 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .promote import fsync_dir
 
 __all__ = ["STATE_FILE", "Phase", "Refusal", "State", "load_state", "save_state"]
 
 STATE_FILE = "..reload-sidecar-state.json"
+T = TypeVar("T")
 _KEEP_REFUSED = 50
+_KEEP_QUARANTINED = 50
+_KEEP_HELD = 50
+_KEEP_VERSIONS = 50
+_MAX_REASON = 1000  # characters of a quarantine reason kept (the state file is fsynced on every commit)
 
 Phase = Literal[
     "starting",
@@ -54,10 +63,11 @@ class State:
     last_good: str | None = None
     # Versions whose validation failed: skipped until the content changes (hash-keyed, bounded).
     refused: dict[str, Refusal] = field(default_factory=dict)
-    # Versions that broke the app: never promoted again, persisted.
+    # Versions that broke the app: never promoted again, persisted (the newest 50, oldest first).
     quarantined: dict[str, Refusal] = field(default_factory=dict)
     # Versions a peer reported failed before this pod promoted them (waves): skipped like refused ones.
-    held: set[str] = field(default_factory=set)
+    # version -> when it was held (the newest 50).
+    held: dict[str, float] = field(default_factory=dict)
     # Per-version rollout state for peers: version -> (state, since).
     versions: dict[str, tuple[str, float]] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -70,19 +80,24 @@ class State:
     ready_reason: str = "no version promoted yet"
 
     def refuse(self, version: str, reason: str, stage: str) -> None:
-        self.refused[version] = Refusal(reason, stage)
-        while len(self.refused) > _KEEP_REFUSED:
-            del self.refused[next(iter(self.refused))]
+        _put(self.refused, version, Refusal(reason, stage), _KEEP_REFUSED)
         self.error(f"version {version} refused at {stage}: {reason}")
         self.mark(version, "failed")
+
+    def quarantine(self, version: str, reason: str, stage: str) -> None:
+        """Never promote `version` again (while it is among the newest 50 quarantined)."""
+        _put(self.quarantined, version, Refusal(reason[:_MAX_REASON], stage), _KEEP_QUARANTINED)
+        self.mark(version, "failed")
+
+    def hold(self, version: str) -> None:
+        _put(self.held, version, time.time(), _KEEP_HELD)
+        self.mark(version, "held")
 
     def error(self, message: str) -> None:
         self.last_error, self.last_error_at = message, time.time()
 
     def mark(self, version: str, what: str) -> None:
-        self.versions[version] = (what, time.time())
-        while len(self.versions) > _KEEP_REFUSED:
-            del self.versions[next(iter(self.versions))]
+        _put(self.versions, version, (what, time.time()), _KEEP_VERSIONS)
 
     def status(self) -> dict[str, Any]:
         """The `/status` document: hashes, sizes, reasons and times; never file contents."""
@@ -108,6 +123,14 @@ class State:
         }
 
 
+def _put(d: dict[str, T], key: str, value: T, keep: int) -> None:
+    """Insert `key` as the newest entry of `d` and drop the oldest beyond `keep`."""
+    d.pop(key, None)
+    d[key] = value
+    while len(d) > keep:
+        del d[next(iter(d))]
+
+
 def save_state(target: Path, state: State) -> None:
     """Persist what must survive a restart: last good and quarantine (atomic: temp file + rename).
 
@@ -118,11 +141,16 @@ def save_state(target: Path, state: State) -> None:
         "quarantined": {v: asdict(r) for v, r in state.quarantined.items()},
     }
     tmp = target / f"..tmp-state-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target / STATE_FILE)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target / STATE_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a failed write (ENOSPC) must not leave its partial copy taking space
+        raise
     fsync_dir(target)  # makes this rename durable, and the ..data swap of the version being committed with it
 
 
@@ -135,7 +163,9 @@ def load_state(target: Path, state: State) -> str | None:
         last_good = doc.get("last_good")
         if last_good is not None and not isinstance(last_good, str):
             raise TypeError("last_good is not a version hash")
-        state.last_good, state.quarantined = last_good, quarantined
+        # Oldest first, the newest 50: a file written before the bound existed shrinks on the next commit.
+        newest = sorted(quarantined.items(), key=lambda item: float(item[1].at))[-_KEEP_QUARANTINED:]
+        state.last_good, state.quarantined = last_good, dict(newest)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, AttributeError) as e:

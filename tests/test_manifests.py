@@ -255,6 +255,24 @@ def test_sidecar_env_parses(pod: Pod) -> None:
             _settings(pod, sidecar)
 
 
+def _quantity(text: str) -> int:
+    """A Kubernetes binary quantity (`24Mi`, `512Ki`, `1Gi`, plain bytes) in bytes."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", text)
+    assert m, f"unexpected quantity {text!r}"
+    return int(m[1]) * {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}[m[2]]
+
+
+@pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
+def test_target_fits_the_worst_case(pod: Pod) -> None:
+    """The target emptyDir holds (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB (README, "Space in the
+    target dir"): the live version, the history and one staged candidate, so bad versions never fill it."""
+    for sidecar in pod.runners():
+        s = _settings(pod, sidecar)
+        volume = pod.volume(_mount_of(sidecar, str(s.target_dir))["name"])
+        size = _quantity(str(volume["emptyDir"]["sizeLimit"]))
+        assert size >= (s.history + 2) * s.max_total_bytes + (1 << 20), (volume["name"], s.history, size)
+
+
 @pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
 def test_signal_can_reach_the_app(pod: Pod) -> None:
     """A signal trigger has a shared process namespace and the app's UID (or CAP_KILL), as the kernel requires."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +20,18 @@ import pytest
 
 from sidecar.promote import (
     DATA,
+    SPACE_MARGIN,
+    NoSpaceError,
     PromoteError,
     activate,
     clean_leftovers,
     current_version,
+    discard,
+    inspect,
     promote,
     prune,
+    restore,
+    space_needed,
     version_dir,
 )
 from sidecar.snapshot import Snapshot
@@ -260,3 +267,123 @@ def test_reused_version_dir_is_not_rewritten(target: Path) -> None:
     assert promote(v1, target) is True
     assert os.stat(version_dir(target, v1.version)).st_ino == inode
     assert (target / "a").read_bytes() == b"1"
+
+
+def _entries(target: Path) -> list[str]:
+    return sorted(p.name for p in target.iterdir())
+
+
+def test_failed_write_removes_its_partial_dir(target: Path) -> None:
+    """A write that fails half-way (here: `a` is a file, so `a/b` cannot be made) leaves no `..tmp-*` behind."""
+    v1 = _snap({"x": "1"})
+    promote(v1, target)
+    before = _entries(target)
+    broken = Snapshot(files={"a": b"file", "a/b": b"under a file"}, version="badbadbadbadbad0", sizes={})
+    with pytest.raises(PromoteError):
+        promote(broken, target)
+    assert _entries(target) == before
+    assert current_version(target) == v1.version
+
+
+def test_space_needed_rounds_every_file_and_dir_up_to_a_block() -> None:
+    """Two small files in a sub-dir take 2 file blocks and 2 dir blocks (the version dir, the sub-dir)."""
+    snap = _snap({"conf.d/a": "x" * 10, "conf.d/b": "y" * 5000})
+    assert space_needed(snap, 4096) == (1 + 2) * 4096 + 2 * 4096 + SPACE_MARGIN
+
+
+class _Statvfs:
+    """What os.statvfs reports for a filesystem with `blocks` free 4 KiB blocks (the OS edge, faked)."""
+
+    def __init__(self, blocks: int, inodes: int = 1000) -> None:
+        self.f_frsize = self.f_bsize = 4096
+        self.f_bavail, self.f_favail, self.f_files = blocks, inodes, 10_000
+
+
+def test_no_space_is_refused_before_anything_is_written(target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Too few free blocks: NoSpaceError saying how many bytes are free and needed; the target is untouched."""
+    v1 = _snap({"a": "1"})
+    promote(v1, target)
+    before = _entries(target)
+    big = _snap({"a": b"x" * 100_000})
+    monkeypatch.setattr(os, "statvfs", lambda path: _Statvfs(blocks=10))
+    with pytest.raises(NoSpaceError, match=rf"target {target} has 40960 bytes free, version {big.version} needs "):
+        promote(big, target)
+    assert _entries(target) == before and current_version(target) == v1.version
+
+
+def test_too_few_inodes_is_refused(target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough bytes but not enough inodes for the files: refused the same way."""
+    monkeypatch.setattr(os, "statvfs", lambda path: _Statvfs(blocks=10_000, inodes=5))
+    with pytest.raises(NoSpaceError, match="has 5 inodes free"):
+        promote(_snap({f"f{i}": "x" for i in range(20)}), target)
+    assert _entries(target) == []
+
+
+def test_a_version_already_on_disk_needs_no_space(target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Going back to a version still on disk writes nothing, so a full target does not stop it."""
+    v1, v2 = _snap({"a": "1"}), _snap({"a": "2"})
+    promote(v1, target)
+    promote(v2, target)
+    monkeypatch.setattr(os, "statvfs", lambda path: _Statvfs(blocks=0))
+    assert promote(v1, target) is True and current_version(target) == v1.version
+
+
+def test_discard_deletes_a_version_but_never_the_live_one(target: Path) -> None:
+    """discard() removes a failed version's dir (renamed, then deleted); the live version is refused."""
+    v1, v2 = _snap({"a": "1"}), _snap({"a": "2"})
+    promote(v1, target)
+    promote(v2, target)
+    with pytest.raises(PromoteError, match="it is live"):
+        discard(target, v2.version)
+    assert discard(target, v1.version) is True
+    assert discard(target, v1.version) is False
+    assert _entries(target) == sorted([DATA, f"..v-{v2.version}", "a"])
+
+
+def test_inspect_names_each_kind_of_damage(target: Path) -> None:
+    """inspect() says what is wrong: ..data missing or elsewhere, the version dir or an entry gone, a link gone."""
+    v1, v2 = _snap({"a": "1", "conf.d/x": "x"}), _snap({"a": "2"})
+    promote(v2, target)
+    promote(v1, target)
+    names = {"a", "conf.d"}
+    assert inspect(target, v1.version, names) is None
+    (target / "a").unlink()
+    assert inspect(target, v1.version, names) == "link a is missing"
+    os.symlink("elsewhere", target / "a")
+    assert inspect(target, v1.version, names) == "link a does not point at ..data/a"
+    os.unlink(target / "a")
+    os.symlink("..data/a", target / "a")
+    (version_dir(target, v1.version) / "a").unlink()
+    assert inspect(target, v1.version, names) == f"a is missing from ..v-{v1.version}"
+    (target / DATA).unlink()
+    assert inspect(target, v1.version, names) == "..data is missing"
+    os.symlink(f"..v-{v2.version}", target / DATA)
+    assert inspect(target, v1.version, names) == f"..data points at '..v-{v2.version}', not ..v-{v1.version}"
+    (target / DATA).unlink()
+    os.symlink(f"..v-{v1.version}", target / DATA)
+    os.rename(version_dir(target, v1.version), target / "moved")
+    assert inspect(target, v1.version, names) == f"..v-{v1.version} is missing"
+
+
+def test_restore_rebuilds_a_wiped_target(target: Path) -> None:
+    """restore() after everything in the target was deleted: the version, ..data and links are back."""
+    snap = _snap({"app.yaml": "a: 1\n", "conf.d/x.conf": "x"})
+    promote(snap, target)
+    for entry in target.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    restore(snap, target)
+    assert inspect(target, snap.version, {"app.yaml", "conf.d"}) is None
+    assert _live(target) == {"app.yaml": b"a: 1\n", "conf.d/x.conf": b"x"}
+
+
+def test_restore_replaces_a_damaged_version_dir(target: Path) -> None:
+    """A version dir that lost a top-level entry is replaced by a fresh copy, not reused."""
+    snap = _snap({"a": "1", "b": "2"})
+    promote(snap, target)
+    (version_dir(target, snap.version) / "b").unlink()
+    restore(snap, target)
+    assert _live(target) == {"a": b"1", "b": b"2"}
+    assert not [n for n in _entries(target) if n.startswith(("..del-", "..tmp-"))]

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from sidecar.snapshot import read_snapshot
 from sidecar.state import STATE_FILE, Refusal, State, load_state, save_state
 
@@ -111,3 +113,49 @@ def test_refused_versions_are_bounded() -> None:
     assert state.last_error == "version v59 refused at validate: reason 59"
     assert len(state.versions) <= 50 and state.versions["v59"][0] == "failed"
     assert len(json.dumps(state.status())) < 20_000
+
+
+def test_quarantine_is_bounded_and_keeps_the_newest() -> None:
+    """Quarantining 425 versions keeps the newest 50 (a forgotten one would be tried again if it came back);
+    reasons are capped, so /status and the state file stay small."""
+    state = State(pod="p")
+    for i in range(425):
+        state.quarantine(f"v{i:03}", "not healthy: " + "HTTP 500 x9, " * 200, "verify")
+    assert list(state.quarantined) == [f"v{i:03}" for i in range(375, 425)]
+    assert all(len(r.reason) <= 1000 for r in state.quarantined.values())
+    assert state.versions["v424"][0] == "failed"
+    assert len(json.dumps(state.status())) < 80_000
+
+
+def test_held_and_versions_are_bounded() -> None:
+    """Held versions (waves) and the per-version rollout states keep the newest 50 each."""
+    state = State(pod="p")
+    for i in range(200):
+        state.hold(f"h{i:03}")
+        state.mark(f"m{i:03}", "healthy")
+    assert len(state.held) == 50 and "h199" in state.held and "h149" not in state.held
+    assert len(state.versions) == 50 and "m199" in state.versions
+    assert state.status()["held"] == sorted(state.held)
+
+
+def test_loading_a_large_quarantine_keeps_the_newest(tmp_path: Path) -> None:
+    """A state file with 425 quarantined versions (written before the bound) loads as the newest 50 by time."""
+    doc = {
+        "last_good": "g",
+        "quarantined": {f"v{i:03}": {"reason": "r", "stage": "verify", "at": 1000.0 + i} for i in range(425)},
+    }
+    (tmp_path / STATE_FILE).write_text(json.dumps(doc))
+    state = State(pod="p")
+    assert load_state(tmp_path, state) is None
+    assert list(state.quarantined) == [f"v{i:03}" for i in range(375, 425)]
+    save_state(tmp_path, state)
+    assert len(json.loads((tmp_path / STATE_FILE).read_text())["quarantined"]) == 50
+
+
+def test_failed_save_leaves_no_temp_file(tmp_path: Path) -> None:
+    """A state write that fails (here a directory is in the way of the rename) raises and leaves no temp file."""
+    (tmp_path / STATE_FILE / "x").mkdir(parents=True)
+    state = State(pod="p", last_good="g")
+    with pytest.raises(OSError):
+        save_state(tmp_path, state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]

@@ -1,0 +1,373 @@
+"""The orchestrator's failure paths in process: a real `Reloader` on a real target dir, a scripted fake app.
+
+source/   a kubelet-style volume (tests.kubelet.project)
+target/   the sidecar's own, as cli.run assembles it:
+  ..v-<good>/                 the last good version: what every failure returns to
+  ..v-<bad>/                  promoted, failed, deleted right after the rollback
+  ..data -> ..v-<good>
+  ..reload-sidecar-state.json last good + quarantine (writes may fail: best effort before a rollback)
+  app.yaml -> ..data/app.yaml
+
+The app is a fake `Trigger` that reads the live app.yaml on each reload request, as an app would, and
+answers per content; verification is a fake verifier scripted the same way. Each pass runs as the worker
+runs it (`pass_once`), so `state` is what /status and /readyz show. Tests marked "root" mount a
+size-limited tmpfs as the target (a real ENOSPC); as non-root they fail with a PermissionError.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from structlog.testing import capture_logs
+
+from sidecar.metrics import Metrics
+from sidecar.promote import DATA, current_version, version_dir
+from sidecar.reloader import Reloader
+from sidecar.settings import Settings
+from sidecar.signal import TriggerError
+from sidecar.snapshot import read_snapshot
+from sidecar.stagger import NoGate
+from sidecar.state import STATE_FILE, State
+from sidecar.verify import HealthCheck, Outcome
+from tests.kubelet import project
+from tests.tmpfs import FILLER, fill, tmpfs
+
+GOOD = {"app.yaml": b"version: 1\nmode: fine\n"}
+BAD = {"app.yaml": b"version: 2\nmode: bad\n"}
+FIXED = {"app.yaml": b"version: 3\nmode: fixed\n"}
+Hook = Callable[[], None]
+
+
+def _raise(e: BaseException) -> Hook:
+    def hook() -> None:
+        raise e
+
+    return hook
+
+
+@dataclass
+class App:
+    """The fake app behind the `Trigger` protocol: `on_bad` / `on_good` run on each reload of that content."""
+
+    target: Path
+    on_bad: Hook | None = None
+    on_good: Hook | None = None
+    method: str = "fake"
+    asked: list[str | None] = field(default_factory=list)  # the version live at each reload request
+
+    async def fire(self) -> str:
+        self.asked.append(current_version(self.target))
+        hook = self.on_bad if "bad" in (self.target / "app.yaml").read_text() else self.on_good
+        if hook is not None:
+            hook()
+        return "reloaded"
+
+
+@dataclass
+class Rig:
+    source: Path
+    target: Path
+    app: App
+    reloader: Reloader
+
+    @property
+    def state(self) -> State:
+        return self.reloader.state
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.reloader.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    async def apply(self, files: dict[str, bytes]) -> str:
+        """Project `files` into the source and run one pass; returns their version hash."""
+        project(self.source, files)
+        await self.reloader.pass_once()
+        return read_snapshot(self.source).version
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def _rig(tmp_path: Path, session: aiohttp.ClientSession, target: Path | None = None, **kw: object) -> Rig:
+    source, target = tmp_path / "source", target or tmp_path / "target"
+    app = App(target, **kw)  # type: ignore[arg-type]
+    settings = Settings(source_dir=source, target_dir=target, resync_s=0)
+    reloader = Reloader(settings, State(pod="t"), Metrics(), app, NoGate(), session)
+    return Rig(source, target, app, reloader)
+
+
+async def _started(rig: Rig) -> str:
+    """Recover, then commit GOOD as the first version (the app starts on it: nobody is signalled)."""
+    rig.reloader.recover()
+    good = await rig.apply(GOOD)
+    assert rig.state.last_good == good and rig.state.ready and rig.app.asked == []
+    return good
+
+
+def _assert_rolled_back(rig: Rig, good: str, bad: str, stage: str, why: str) -> None:
+    """Back on `good`, the app reloaded on it after `bad`, ready, the bad dir gone, `bad` quarantined."""
+    st = rig.state
+    assert current_version(rig.target) == good and st.current == good
+    assert rig.app.asked == [bad, good], "the app must be told about the bad version, then the good one again"
+    assert (st.ready, st.phase) == (True, "idle")
+    assert st.last_error is not None and bad in st.last_error and why in st.last_error
+    assert st.quarantined[bad].stage == stage and why in st.quarantined[bad].reason
+    assert not version_dir(rig.target, bad).exists(), "a failed version's dir is deleted at the rollback"
+    assert (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"]
+    assert rig.metric("reload_sidecar_rollbacks_total") == 1
+    assert rig.metric("reload_sidecar_reloads_total", result="rolled_back") == 1
+    assert rig.metric("reload_sidecar_reloads_total", result="failed") == 1
+
+
+async def test_trigger_error_on_a_bad_version_rolls_back_and_signals_the_app(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """The app refuses to reload the new version: back on the last good one, the app told, ready again."""
+    rig = _rig(tmp_path, session, on_bad=_raise(TriggerError("HTTP 500 from the app")))
+    good = await _started(rig)
+    bad = await rig.apply(BAD)
+    _assert_rolled_back(rig, good, bad, "reload", "HTTP 500 from the app")
+
+
+async def test_unexpected_trigger_exception_rolls_back(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """A trigger raising something unexpected (a ValueError, e.g. from parsing a pidfile) is a failed reload too."""
+    rig = _rig(tmp_path, session, on_bad=_raise(ValueError("invalid literal for int(): '²'")))
+    good = await _started(rig)
+    bad = await rig.apply(BAD)
+    _assert_rolled_back(rig, good, bad, "reload", "internal error: ValueError")
+
+
+async def test_verify_raising_rolls_back(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """A health check that raises instead of answering counts as a failed verification: rolled back."""
+
+    async def verifier(s: aiohttp.ClientSession, check: HealthCheck) -> Outcome:
+        if "bad" in (rig.target / "app.yaml").read_text():
+            raise RuntimeError("Session is closed")
+        return Outcome(True, "3 good polls in a row", 3)
+
+    rig = _rig(tmp_path, session)
+    rig.reloader.health = HealthCheck("http://127.0.0.1:9/health")
+    rig.reloader.verifier = verifier
+    good = await _started(rig)
+    bad = await rig.apply(BAD)
+    _assert_rolled_back(rig, good, bad, "verify", "internal error: RuntimeError: Session is closed")
+
+
+async def test_enospc_on_the_state_write_does_not_stop_the_rollback(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """(root: tmpfs) The target fills up while the bad version fails: the quarantine write fails with ENOSPC,
+    the rollback happens anyway, and the write is retried once there is room."""
+    with tmpfs(tmp_path / "target", "2m") as target:
+
+        def full_then_fail() -> None:
+            fill(target)
+            raise TriggerError("HTTP 500 from the app")
+
+        rig = _rig(tmp_path, session, target=target, on_bad=full_then_fail)
+        good = await _started(rig)
+        bad = await rig.apply(BAD)
+        _assert_rolled_back(rig, good, bad, "reload", "HTTP 500")
+        assert rig.metric("reload_sidecar_state_write_failures_total") >= 1
+        assert bad not in json.loads((target / STATE_FILE).read_text())["quarantined"], "the write did fail"
+        assert not [p.name for p in target.iterdir() if p.name.startswith("..tmp-")]
+
+        (target / FILLER).unlink()
+        await rig.reloader.pass_once()  # a resync: the source is unchanged, the state write is retried
+        assert bad in json.loads((target / STATE_FILE).read_text())["quarantined"]
+        assert rig.app.asked == [bad, good] and rig.state.ready
+
+
+async def test_failed_rollback_is_not_ready_and_is_retried(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """The rollback cannot swap `..data` (a directory is in the way of `..data_tmp`): degraded, never ready
+    on the bad version, even if the app later accepts it; once the way is clear, the next pass rolls back."""
+    rig = _rig(tmp_path, session)
+    good = await _started(rig)
+    obstacle = rig.target / "..data_tmp"
+
+    def block_the_swap_then_fail() -> None:
+        (obstacle / "x").mkdir(parents=True)
+        raise TriggerError("HTTP 500 from the app")
+
+    rig.app.on_bad = block_the_swap_then_fail
+    bad = await rig.apply(BAD)
+    st = rig.state
+    assert current_version(rig.target) == bad and rig.app.asked == [bad]
+    assert (st.ready, st.phase) == (False, "degraded")
+    assert st.last_error is not None and "rollback" in st.last_error and good in st.last_error
+    assert "rollback" in st.ready_reason
+
+    rig.app.on_bad = None  # the app now takes the bad version: still never ready on it
+    await rig.reloader.pass_once()
+    assert (st.ready, st.phase) == (False, "degraded") and rig.app.asked == [bad]
+
+    shutil.rmtree(obstacle)
+    await rig.reloader.pass_once()
+    assert current_version(rig.target) == good and rig.app.asked == [bad, good]
+    assert (st.ready, st.phase) == (True, "idle")
+    assert not version_dir(rig.target, bad).exists()
+
+
+async def test_rollback_rebuilds_a_deleted_last_good_dir(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """The last good version's dir was deleted meanwhile: the rollback rebuilds it from the files the
+    sidecar kept, so the app is back on it."""
+    rig = _rig(tmp_path, session)
+    good = await _started(rig)
+
+    def delete_good_then_fail() -> None:
+        shutil.rmtree(version_dir(rig.target, good))
+        raise TriggerError("HTTP 500 from the app")
+
+    rig.app.on_bad = delete_good_then_fail
+    bad = await rig.apply(BAD)
+    _assert_rolled_back(rig, good, bad, "reload", "HTTP 500 from the app")
+
+
+@pytest.mark.parametrize("error", [TriggerError("app is down"), ValueError("unexpected")], ids=["trigger", "raise"])
+async def test_rollback_reload_failing_is_degraded(
+    tmp_path: Path, session: aiohttp.ClientSession, error: Exception
+) -> None:
+    """The app does not take the good version back either: ..data is on it, but the sidecar is not ready
+    (the reason says so) until a later pass finds the app healthy."""
+    rig = _rig(tmp_path, session, on_bad=_raise(TriggerError("HTTP 500")), on_good=_raise(error))
+    good = await _started(rig)
+    bad = await rig.apply(BAD)
+    st = rig.state
+    assert current_version(rig.target) == good and rig.app.asked == [bad, good]
+    assert (st.ready, st.phase) == (False, "degraded")
+    assert f"rolled back to {good} but the app is still not healthy" in st.ready_reason
+    assert not version_dir(rig.target, bad).exists()
+
+    rig.app.on_good = None
+    await rig.reloader.pass_once()
+    assert (st.ready, st.phase) == (True, "idle") and rig.app.asked == [bad, good, good]
+
+
+async def test_first_version_is_not_ready_until_recorded(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """The first version's commit cannot be written (a directory is in the state file's way): not ready,
+    the app not started on it; once the write succeeds at a later pass, ready."""
+    target = tmp_path / "target"
+    (target / STATE_FILE / "x").mkdir(parents=True)
+    (target / f"{STATE_FILE}.corrupt" / "x").mkdir(parents=True)  # so start-up cannot move it aside either
+    rig = _rig(tmp_path, session)
+    rig.reloader.recover()
+    v = await rig.apply(GOOD)
+    st = rig.state
+    assert current_version(target) == v and (target / "app.yaml").read_bytes() == GOOD["app.yaml"]
+    assert (st.ready, st.phase) == (False, "degraded") and "state file" in st.ready_reason
+    assert rig.metric("reload_sidecar_state_write_failures_total") == 1
+    assert rig.app.asked == []
+
+    await rig.reloader.pass_once()
+    assert not st.ready and rig.app.asked == [], "no reload for an app that has not started"
+    shutil.rmtree(target / STATE_FILE)
+    await rig.reloader.pass_once()
+    assert (st.ready, st.phase) == (True, "idle") and rig.app.asked == []
+    assert json.loads((target / STATE_FILE).read_text())["last_good"] == v
+
+
+async def test_full_target_refuses_with_the_free_space_and_recovers(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """(root: tmpfs) No room for a new version: refused with the free space in the reason, nothing partial
+    left, the version not remembered as bad; once space returns the next resync applies it."""
+    with tmpfs(tmp_path / "target", "2m") as target:
+        rig = _rig(tmp_path, session, target=target)
+        good = await _started(rig)
+        fill(target)
+        new = await rig.apply(FIXED)
+        st = rig.state
+        assert current_version(target) == good and (st.ready, st.current) == (True, good)
+        assert st.last_error is not None and f"target {target} has " in st.last_error
+        assert f"bytes free, version {new} needs " in st.last_error
+        assert new not in st.refused and new not in st.quarantined
+        assert sorted(p.name for p in target.iterdir() if p.name.startswith("..")) == sorted(
+            [DATA, f"..v-{good}", STATE_FILE, FILLER]
+        )
+
+        (target / FILLER).unlink()
+        await rig.reloader.pass_once()
+        assert current_version(target) == new and st.last_good == new and rig.app.asked == [new]
+
+
+def _wipe(target: Path) -> None:
+    for entry in target.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+async def test_deleted_data_link_is_restored_by_the_next_pass(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """`..data` deleted while the source is unchanged: the next resync puts it back (no reload: the app's
+    version did not change), logs `target_repaired` and counts it."""
+    rig = _rig(tmp_path, session)
+    good = await _started(rig)
+    (rig.target / DATA).unlink()
+    with capture_logs() as logs:
+        await rig.reloader.pass_once()
+    assert (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"] and current_version(rig.target) == good
+    [event] = [e for e in logs if e["event"] == "target_repaired"]
+    assert event["problem"] == "..data is missing" and event["version"] == good
+    assert rig.metric("reload_sidecar_target_repairs_total") == 1
+    assert rig.state.ready and rig.app.asked == []
+    await rig.reloader.pass_once()
+    assert rig.metric("reload_sidecar_target_repairs_total") == 1, "an intact target is not repaired again"
+
+
+async def test_wiped_target_is_rebuilt(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """Everything in the target deleted (version dirs, links, state file): rebuilt from the unchanged source."""
+    rig = _rig(tmp_path, session)
+    good = await _started(rig)
+    _wipe(rig.target)
+    await rig.reloader.pass_once()
+    assert (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"] and current_version(rig.target) == good
+    assert json.loads((rig.target / STATE_FILE).read_text())["last_good"] == good
+    assert rig.metric("reload_sidecar_target_repairs_total") == 1 and rig.state.ready
+
+
+async def test_damage_while_the_source_is_quarantined_goes_back_to_last_good(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """The source still holds a quarantined version when `..data` and a link vanish, and then when the whole
+    target is wiped: the last good version is made live again each time (from its dir, then from the files
+    the sidecar kept), not the source's."""
+    rig = _rig(tmp_path, session, on_bad=_raise(TriggerError("HTTP 500")))
+    good = await _started(rig)
+    await rig.apply(BAD)
+    (rig.target / DATA).unlink()
+    (rig.target / "app.yaml").unlink()
+    await rig.reloader.pass_once()
+    assert current_version(rig.target) == good and (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"]
+    assert rig.metric("reload_sidecar_target_repairs_total") == 1 and rig.state.ready
+    _wipe(rig.target)
+    await rig.reloader.pass_once()
+    assert current_version(rig.target) == good and (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"]
+    assert rig.metric("reload_sidecar_target_repairs_total") == 2 and rig.state.ready
+    assert json.loads((rig.target / STATE_FILE).read_text())["last_good"] == good
+
+
+async def test_damage_that_cannot_be_repaired_is_not_ready(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """A directory where `..data` belongs cannot be replaced: not ready, with the reason; once it is gone
+    the next pass repairs the target and the sidecar is ready again."""
+    rig = _rig(tmp_path, session)
+    good = await _started(rig)
+    (rig.target / DATA).unlink()
+    (rig.target / DATA / "x").mkdir(parents=True)
+    await rig.reloader.pass_once()
+    st = rig.state
+    assert (st.ready, st.phase) == (False, "degraded") and "target damaged (..data is not a symlink" in st.ready_reason
+    await rig.reloader.pass_once()
+    assert not st.ready and rig.app.asked == []
+    shutil.rmtree(rig.target / DATA)
+    await rig.reloader.pass_once()
+    assert (st.ready, st.phase) == (True, "idle") and current_version(rig.target) == good
