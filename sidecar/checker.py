@@ -29,13 +29,18 @@ from pathlib import Path
 
 import structlog
 
-__all__ = ["COOKIE", "LIMITS", "Limits", "remove_tree", "run_command", "stage_files"]
+__all__ = ["COOKIE", "LIMITS", "Limits", "StagingError", "remove_tree", "run_command", "stage_files"]
 
 log = structlog.get_logger("checker")
 
 #: Set in every checker's environment to a per-check token: finds its processes that left its tree
 #: and process group before they were seen (Jenkins' ProcessTreeKiller finds a build's processes so).
 COOKIE = "RELOAD_SIDECAR_CHECK"
+
+
+class StagingError(OSError):
+    """The candidate could not be copied for the checker (a full or broken work dir): the place's fault,
+    not the content's, so the version is not refused for it; the caller retries later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +144,9 @@ async def _stage(files: dict[str, bytes], parent: Path | None, deadline: float, 
     except OSError as e:
         where = parent if parent is not None else Path(tempfile.gettempdir())
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return f"no space left on {where} to stage the candidate for the checker ({size} bytes)"
-        return f"cannot stage the candidate for the checker in {where}: {e.strerror or e}"
+            why = f"no space left on {where} to stage the candidate for the checker ({size} bytes)"
+            raise StagingError(why) from e
+        raise StagingError(f"cannot stage the candidate for the checker in {where}: {e.strerror or e}") from e
 
 
 async def _abandon(work: asyncio.Future[tuple[Path, Path]], stop: threading.Event) -> None:

@@ -194,15 +194,8 @@ class Reloader:
         state.last_change_at = time.time()
         state.phase = "validating"
         state.mark(v, "validating")
-        verdict = await validate(snap, self.checks)
-        if not verdict.ok:
-            state.refuse(v, verdict.reason, "validate")
-            self.metrics.validation_failures.inc()
-            log.warning("refused", problems=list(verdict.problems), duration_ms=_ms(verdict.duration_s))
-            if not state.ready:
-                self._set_ready(False, f"no good version yet: {v} refused: {verdict.reason}"[:500])
+        if not await self._validated(snap):
             return
-        log.info("validated", files=len(snap.files), bytes=snap.total_bytes, duration_ms=_ms(verdict.duration_s))
         first = self._unstarted
         if first and await self.gate.admit_first(v) == "held":
             self._hold(v)
@@ -211,6 +204,26 @@ class Reloader:
         if not first and not await self._gate(v):
             return
         await self._apply(snap, _Pass(started, snap), first)
+
+    async def _validated(self, snap: Snapshot) -> bool:
+        """Validate `snap`; a refusal is remembered by hash, a check that could not run is not."""
+        state, v = self.state, snap.version
+        verdict = await validate(snap, self.checks)
+        if verdict.transient:  # no verdict on the content (e.g. no room to stage it): never remembered
+            state.error(f"version {v} not checked: {verdict.reason}; retried at the next resync")
+            log.error("validate_unavailable", error=verdict.reason)
+            if not state.ready:
+                self._set_ready(False, f"no good version yet: {v} not checked: {verdict.reason}"[:500])
+            return False
+        if not verdict.ok:
+            state.refuse(v, verdict.reason, "validate")
+            self.metrics.validation_failures.inc()
+            log.warning("refused", problems=list(verdict.problems), duration_ms=_ms(verdict.duration_s))
+            if not state.ready:
+                self._set_ready(False, f"no good version yet: {v} refused: {verdict.reason}"[:500])
+            return False
+        log.info("validated", files=len(snap.files), bytes=snap.total_bytes, duration_ms=_ms(verdict.duration_s))
+        return True
 
     async def _gate(self, v: str) -> bool:
         """Wait for the stagger gate, unless a newer change arrives first (then this pass is dropped)."""

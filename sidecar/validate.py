@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .checker import run_command, stage_files
+from .checker import StagingError, run_command, stage_files
 from .settings import Settings, ValidatorSpec
 from .snapshot import Snapshot
 
@@ -64,6 +64,9 @@ class Verdict:
     version: str
     problems: tuple[str, ...]
     duration_s: float
+    # The checks could not run (the checker's work dir is full or broken): no verdict on the content,
+    # so the version must not be remembered as refused; it is checked again later.
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
@@ -106,9 +109,12 @@ async def validate(snapshot: Snapshot, checks: Checks) -> Verdict:
         else:
             problems = await asyncio.to_thread(check_parse, snapshot.files, checks.validators)
     if not problems and checks.command:
-        problems = await run_command(
-            checks.command, snapshot.files, checks.timeout_s, checks.work_dir, env=checks.env, deadline=deadline
-        )
+        try:
+            problems = await run_command(
+                checks.command, snapshot.files, checks.timeout_s, checks.work_dir, env=checks.env, deadline=deadline
+            )
+        except StagingError as e:
+            return Verdict(snapshot.version, (str(e),), time.perf_counter() - start, transient=True)
     return Verdict(snapshot.version, tuple(problems[:_MAX_PROBLEMS]), time.perf_counter() - start)
 
 

@@ -26,10 +26,12 @@ from pathlib import Path
 import pytest
 
 from sidecar import checker
-from sidecar.checker import COOKIE, LIMITS, Limits, remove_tree, run_command
+from sidecar.checker import COOKIE, LIMITS, Limits, StagingError, remove_tree, run_command
 from sidecar.settings import ValidatorSpec
 from sidecar.snapshot import snapshot_of
 from sidecar.validate import Checks, validate
+from tests.e2e.apps import nginx_bin
+from tests.tmpfs import tmpfs
 
 PY = sys.executable
 SYSTEM_PY = "/usr/bin/python3"  # world-executable, unlike a Python under /root
@@ -314,11 +316,13 @@ async def test_the_environment_is_not_inherited_unless_named(tmp_path: Path, mon
     assert "RELOAD_TEST_UNSET" not in seen
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.access(SYSTEM_PY, os.X_OK), reason="needs root and " + SYSTEM_PY)
 def test_directories_a_checker_locked_are_removed_anyway() -> None:
-    """Needs root, to run the removal as `nobody` (root ignores permission bits). A checker runs as the
-    sidecar's user and may make directories unreadable and unwritable: plain rmtree leaves them (and so
-    a `..check-*` dir per check), remove_tree does not."""
+    """Needs root, to run the removal as `nobody` (root ignores permission bits), and Debian's python3 (a
+    Python `nobody` may run; .ci/run installs it). A checker runs as the sidecar's user and may make
+    directories unreadable and unwritable: plain rmtree leaves them (and so a `..check-*` dir per check),
+    remove_tree does not."""
+    assert os.geteuid() == 0, "needs root to run as nobody (README, 'Set-up'); fails rather than skips"
+    assert os.access(SYSTEM_PY, os.X_OK), f"needs {SYSTEM_PY} (Debian's python3-minimal)"
     base = Path(tempfile.mkdtemp())  # in /tmp: `nobody` can reach it
     os.chown(base, 65534, 65534)
     try:
@@ -371,27 +375,27 @@ async def test_cancelling_while_staging_leaves_nothing(tmp_path: Path) -> None:
     await _still_works(work)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
-async def test_no_space_to_stage_is_a_clear_refusal_and_leaves_nothing(tmp_path: Path) -> None:
-    """Needs root (mounts a 256 KiB tmpfs as the work dir). A candidate that does not fit is refused with
-    "no space left on <dir> ..." (the old code raised `[Errno 28]`) and no `..check-*` is left behind."""
-    work = _work(tmp_path)
-    mount = ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(work)]
-    subprocess.run(mount, check=True)  # noqa: ASYNC221 - a few ms, before anything runs
-    try:
+async def test_no_space_to_stage_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """Needs root (mounts a 256 KiB tmpfs as the work dir). A candidate that does not fit raises
+    `StagingError` "no space left on <dir> ..." (the old code: a bare `[Errno 28]`), which `validate` turns
+    into a transient verdict (no verdict on the content: the sidecar does not remember the version as
+    refused), and no `..check-*` is left behind."""
+    with tmpfs(_work(tmp_path), "256k") as work:
         files = {"a.conf": b"a" * (200 << 10), "b.conf": b"b" * (200 << 10)}
-        problems = await run_command((PY, "-c", "pass", "{dir}"), files, 10.0, work)
-        assert problems == [f"no space left on {work} to stage the candidate for the checker (409600 bytes)"]
+        with pytest.raises(StagingError) as exc:
+            await run_command((PY, "-c", "pass", "{dir}"), files, 10.0, work)
+        assert str(exc.value) == f"no space left on {work} to stage the candidate for the checker (409600 bytes)"
+        assert os.listdir(work) == []
+        snap = snapshot_of(files, max_file_bytes=1 << 20, max_total_bytes=1 << 20)
+        verdict = await validate(snap, Checks((ValidatorSpec("none"),), (PY, "-c", "pass", "{dir}"), 10.0, work))
+        assert verdict.transient and not verdict.ok and "no space left on" in verdict.reason
         assert os.listdir(work) == []
         await _still_works(work)
-    finally:
-        subprocess.run(["umount", str(work)], check=True)  # noqa: ASYNC221 - a few ms, after everything ran
 
 
 # --- the real checkers under the limits ------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
 async def test_nginx_with_prefix_dot_writes_its_relative_files_in_the_private_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -402,14 +406,13 @@ async def test_nginx_with_prefix_dot_writes_its_relative_files_in_the_private_di
     monkeypatch.chdir(cwd)
     work = _work(tmp_path)
     conf = b"error_log err.log;\npid nginx.pid;\nevents {}\nhttp { access_log acc.log; server { listen 127.0.0.1:1; } }"
-    argv = ("nginx", "-t", "-q", "-e", "stderr", "-p", "./", "-c", "{dir}/nginx.conf")
+    argv = (nginx_bin(), "-t", "-q", "-e", "stderr", "-p", "./", "-c", "{dir}/nginx.conf")
     assert await run_command(argv, {"nginx.conf": conf}, 10.0, work) == []
     assert os.listdir(cwd) == [] and os.listdir(work) == []
     bad = await run_command(argv, {"nginx.conf": b"events {}\nhttp { lisen 80; }\n"}, 10.0, work)
     assert len(bad) == 1 and 'unknown directive "lisen" in nginx.conf:2' in bad[0], bad
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool")
 async def test_promtool_checks_a_config_within_the_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """promtool (Go, which maps far more address space than it uses) passes a good config and refuses a
     bad one under the default limits, also with GOMAXPROCS=64 (more threads, more address space)."""

@@ -16,8 +16,10 @@ size-limited tmpfs as the target (a real ENOSPC); as non-root they fail with a P
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +295,33 @@ async def test_full_target_refuses_with_the_free_space_and_recovers(
         assert sorted(p.name for p in target.iterdir() if p.name.startswith("..")) == sorted(
             [DATA, f"..v-{good}", STATE_FILE, FILLER]
         )
+
+        (target / FILLER).unlink()
+        await rig.reloader.pass_once()
+        assert current_version(target) == new and st.last_good == new and rig.app.asked == [new]
+
+
+async def test_no_room_to_stage_for_the_checker_is_not_a_refusal(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """(root: tmpfs) The checker's copy cannot be staged in a full target: the version is not refused (no
+    verdict on its content), the reason is in last_error, and once space returns the next resync applies it."""
+    with tmpfs(tmp_path / "target", "2m") as target:
+        rig = _rig(tmp_path, session, target=target)
+        settings = dataclasses.replace(rig.reloader.s, validate_command=(sys.executable, "-c", "pass", "{dir}"))
+        rig.reloader = Reloader(settings, State(pod="t"), Metrics(), rig.app, NoGate(), session)
+        good = await _started(rig)
+        fill(target)
+        with capture_logs() as logs:
+            new = await rig.apply(FIXED)
+        st = rig.state
+        assert current_version(target) == good and (st.ready, st.current) == (True, good)
+        assert st.last_error is not None and "no space left on" in st.last_error and new in st.last_error
+        assert new not in st.refused and new not in st.quarantined
+        assert [e["event"] for e in logs if e["event"] in ("validate_unavailable", "refused")] == [
+            "validate_unavailable"
+        ]
+        assert rig.metric("reload_sidecar_validation_failures_total") == 0
 
         (target / FILLER).unlink()
         await rig.reloader.pass_once()
