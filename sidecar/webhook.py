@@ -108,6 +108,7 @@ OUTCOMES = (
     "checker_deadline",
     "queue_full",
     "queue_timeout",
+    "unavailable",
     "bad_request",
     "too_large",
     "cancelled",
@@ -667,6 +668,8 @@ async def _judge(hook: Webhook, names: list[str], snap: Snapshot, deadline: Dead
             return reasons, True
         if verdict.ok:
             continue
+        if verdict.transient:  # e.g. /tmp full: no verdict on the content, so no denial either
+            raise Unjudged("unavailable", f"profile {name!r}: {verdict.reason}")
         # The checker names the sidecar's variable; here the limit is the profile's own or the caller's.
         limit = f"what was left of {deadline.describe()}" if caller_limits else f"profile {name!r} timeout_s"
         reason = verdict.reason.replace("(RELOAD_VALIDATE_TIMEOUT_S)", f"({limit})")

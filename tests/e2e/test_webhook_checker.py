@@ -19,6 +19,7 @@ from sidecar.settings import SettingsError
 from sidecar.webhook import load_profiles
 from tests.e2e.hostile_checker import HOSTILE, leftovers, zombie_children
 from tests.e2e.webhook_proc import Webhook, issue, make_ca, review
+from tests.tmpfs import fill, tmpfs
 
 PY = sys.executable
 
@@ -96,3 +97,33 @@ def test_profile_env_must_be_a_list_of_names(tmp_path: Path) -> None:
         path.write_text(f"profiles:\n  a: {{command: 'true {{dir}}', env: {bad}}}\n")
         with pytest.raises(SettingsError, match=r"profiles\.a: env: "):
             load_profiles(path)
+
+
+def test_a_full_tmpdir_is_no_verdict_but_a_503(tmp_path: Path) -> None:
+    """(root: tmpfs) The checker's copy cannot be staged because the webhook's TMPDIR is full: that says
+    nothing about the content, so the answer is a 503 `unavailable` (the API server applies failurePolicy),
+    not a denial; once space returns the same ConfigMap is allowed."""
+    for sub in ("pki", "logs"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "logs" / "pids").touch()
+    ca = make_ca(tmp_path / "pki")
+    cert, key = issue(ca, tmp_path / "pki", "webhook", 1)
+    profile = {"validate": ["none"], "command": f"{PY} {HOSTILE} {tmp_path / 'logs'} {{dir}}"}
+    (tmp_path / "profiles.yaml").write_text(json.dumps({"profiles": {"checked": profile}}))
+    with tmpfs(tmp_path / "tmp", "1m") as tmp:
+        wh = Webhook(tmp_path, ca, cert, key, tmp_path / "profiles.yaml", TMPDIR=str(tmp)).start()
+        try:
+            # The first review also fixes Python's temp dir: chosen on first use, skipping one that is full.
+            doc = review("full", profile="checked", data={"app.conf": "good\n"})
+            assert wh.review(doc)["allowed"] is True
+            filler = fill(tmp)
+            doc["request"]["object"]["data"]["app.conf"] = "good again\n"  # not answered from the verdict cache
+            status, body = wh.post(doc)
+            assert status == 503, (body, wh.log_tail())
+            assert b"no space left on" in body and b"to stage the candidate for the checker" in body, body
+            assert wh.answers().get("unavailable") == 1
+            filler.unlink()
+            assert wh.review(doc)["allowed"] is True
+            assert list(tmp.iterdir()) == []
+        finally:
+            assert wh.stop() == 0, wh.log_tail()
