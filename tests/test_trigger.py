@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.settings import Settings
-from sidecar.signal import (
+from sidecar.trigger import (
     PID_MAX,
     HttpTrigger,
     NoTrigger,
@@ -377,7 +377,7 @@ async def test_dead_pid(tmp_path: Path) -> None:
 
 PID_ZERO = """
 import asyncio, pathlib, signal, sys
-from sidecar.signal import SignalTrigger, TriggerError
+from sidecar.trigger import SignalTrigger, TriggerError
 path = pathlib.Path(sys.argv[1])
 path.write_text("0\\n")
 try:
@@ -480,7 +480,7 @@ async def test_oversized_pidfile_is_refused_unread(start_app: Callable[..., App]
 
 NAMESPACE_PROBE = """
 import asyncio, os, pathlib, signal, subprocess, sys
-from sidecar.signal import SignalTrigger, TriggerError
+from sidecar.trigger import SignalTrigger, TriggerError
 depth, path = int(sys.argv[1]), pathlib.Path(sys.argv[2])
 if depth < 3:  # pid 1 of the new namespace starts pid 2, which starts pid 3 (the probe)
     sys.exit(subprocess.run([sys.executable, __file__, str(depth + 1), str(path)]).returncode)
