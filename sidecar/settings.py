@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from .validators import ValidatorSpec, parse_validators
+
 __all__ = [
     "ENV_VARS",
     "Expect",
@@ -36,14 +38,6 @@ class SettingsError(ValueError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
         super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
-
-
-@dataclass(frozen=True, slots=True)
-class ValidatorSpec:
-    """One word of `RELOAD_VALIDATE`: `auto`, `yaml`, `json`, `schema` (with its path) or `none`."""
-
-    kind: Literal["auto", "yaml", "json", "schema", "none"]
-    schema_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,24 +189,6 @@ def _url(raw: str) -> str:
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
         raise ValueError("expected an http:// or https:// URL")
     return raw
-
-
-def parse_validators(raw: str) -> tuple[ValidatorSpec, ...]:
-    """The words of `RELOAD_VALIDATE` (also a webhook profile's `validate`); `ValueError` says what is wrong."""
-    specs: list[ValidatorSpec] = []
-    for word in (w.strip() for w in raw.split(",")):
-        if word in ("auto", "yaml", "json", "none"):
-            specs.append(ValidatorSpec(word))  # type: ignore[arg-type]
-        elif word.startswith("schema:") and word[7:]:
-            path = Path(word[7:])
-            if not path.is_file():
-                raise ValueError(f"schema file {path} does not exist")
-            specs.append(ValidatorSpec("schema", path))
-        else:
-            raise ValueError(f"unknown validator {word!r}; expected auto, yaml, json, schema:<path> or none")
-    if any(s.kind == "none" for s in specs) and len(specs) > 1:
-        raise ValueError("'none' cannot be combined with other validators")
-    return tuple(s for s in specs if s.kind != "none")
 
 
 def parse_command(raw: str) -> tuple[str, ...]:

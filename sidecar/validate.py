@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,17 +21,28 @@ from typing import Any
 import yaml
 
 from .checker import StagingError, run_command, stage_files
-from .settings import Settings, ValidatorSpec
+from .settings import Settings
 from .snapshot import Snapshot
+from .validators import FORMATS, Locate, Parsed, Problem, ValidatorSpec, formats, schema_paths
+from .validators import ProblemError as _Problem
 
-__all__ = ["Checks", "Verdict", "check_parse", "run_command", "stage_files", "validate"]
+__all__ = [
+    "Checks",
+    "Verdict",
+    "check_parse",
+    "find_problems",
+    "parse_json",
+    "parse_yaml",
+    "run_command",
+    "stage_files",
+    "validate",
+]
 
 MAX_DEPTH = 64
 MAX_NODES = 250_000
 _MAX_PROBLEMS = 20
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Format = str  # "yaml" | "json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,25 +88,6 @@ class Verdict:
         return "; ".join(self.problems)
 
 
-class _Problem(Exception):
-    """Why a file is refused, and where: line and column count from 1 (0 when unknown).
-
-    The message is built from facts of the parser or the schema, never from the file's bytes: refusal
-    reasons reach /status, the logs and the webhook's denial, where a Secret's value must never appear.
-    """
-
-    def __init__(self, message: str, line: int = 0, column: int = 0) -> None:
-        super().__init__(message)
-        self.message, self.line, self.column = message, line, column
-
-    def at(self, name: str) -> str:
-        """`name:line:column: message`, leaving out what is unknown."""
-        where = name
-        if self.line:
-            where += f":{self.line}" + (f":{self.column}" if self.column else "")
-        return f"{where}: {self.message}"
-
-
 async def validate(snapshot: Snapshot, checks: Checks) -> Verdict:
     """Run every check on `snapshot`; parsing happens in a worker thread, the command as a subprocess."""
     start = time.perf_counter()
@@ -119,19 +111,20 @@ async def validate(snapshot: Snapshot, checks: Checks) -> Verdict:
 
 
 def check_parse(files: dict[str, bytes], specs: Iterable[ValidatorSpec]) -> list[str]:
-    """Parse problems for every file that the validators give a format to, plus schema violations.
+    """`find_problems` as text: each `file:line:column: what`, never quoting the file's content."""
+    return [str(p) for p in find_problems(files, specs)]
 
-    Each problem is `file:line:column: what` and never quotes the file's content (see `_Problem`).
-    """
+
+def find_problems(files: dict[str, bytes], specs: Iterable[ValidatorSpec]) -> list[Problem]:
+    """Parse problems for every file that the validators give a format to, plus schema violations."""
     specs = tuple(specs)
-    formats = _formats(files, specs)
     try:
-        schemas = [_load_schema(s.schema_path) for s in specs if s.kind == "schema" and s.schema_path]
+        schemas = [_load_schema(path) for path in schema_paths(specs)]
     except _Problem as e:
-        return [e.message]
+        return [e.at("")]
     schema_key = json.dumps(schemas, sort_keys=True, default=str) if schemas else ""
-    problems: list[str] = []
-    for name, fmt in formats.items():
+    problems: list[Problem] = []
+    for name, fmt in formats(files, specs).items():
         # Most versions change a few files: a file's verdict is reused while its bytes, name, format and
         # schemas are the same (a digest keyed with a per-process secret: crafted content cannot collide).
         digest = hashlib.blake2b(key=_CACHE_KEY, digest_size=16)
@@ -146,41 +139,27 @@ def check_parse(files: dict[str, bytes], specs: Iterable[ValidatorSpec]) -> list
     return problems
 
 
-def _check_file(name: str, data: bytes, fmt: _Format, schemas: list[dict[str, Any]]) -> list[str]:
+def _check_file(name: str, data: bytes, fmt: str, schemas: list[dict[str, Any]]) -> tuple[Problem, ...]:
     try:
         docs, locate = _parse(data, fmt)
     except _Problem as e:
-        return [e.at(name)]
-    return [p for schema in schemas for p in _schema_problems(name, docs, schema, locate)]
+        return (e.at(name),)
+    return tuple(p for schema in schemas for p in _schema_problems(name, docs, schema, locate))
 
 
 _CACHE_KEY = os.urandom(32)
-_VERDICTS: dict[bytes, list[str]] = {}
+_VERDICTS: dict[bytes, tuple[Problem, ...]] = {}
 _CACHE_SIZE = 1024
 
 
 _CACHE_LOCK = threading.Lock()  # parsing runs in worker threads (and concurrently in the webhook)
 
 
-def _remember(key: bytes, problems: list[str]) -> None:
+def _remember(key: bytes, problems: tuple[Problem, ...]) -> None:
     with _CACHE_LOCK:
         _VERDICTS[key] = problems
         while len(_VERDICTS) > _CACHE_SIZE:
             del _VERDICTS[next(iter(_VERDICTS))]
-
-
-def _formats(files: dict[str, bytes], specs: tuple[ValidatorSpec, ...]) -> dict[str, _Format]:
-    formats: dict[str, _Format] = {}
-    kinds = {s.kind for s in specs}
-    for name in files:
-        ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-        if "yaml" in kinds:
-            formats[name] = "yaml"
-        elif "json" in kinds:
-            formats[name] = "json"
-        elif ("auto" in kinds or "schema" in kinds) and ext in ("yaml", "yml", "json"):
-            formats[name] = "json" if ext == "json" else "yaml"
-    return formats
 
 
 def _decode(data: bytes) -> str:
@@ -196,23 +175,21 @@ def _position(before: str) -> tuple[int, int]:
     return before.count("\n") + 1, len(before) - before.rfind("\n")
 
 
-# (document index, JSON path) -> (line, column) of the value there, (0, 0) when unknown
-Locate = Callable[[int, list[Any]], tuple[int, int]]
+def _parse(data: bytes, fmt: str) -> Parsed:
+    return FORMATS[fmt](_decode(data))
 
 
-def _parse(data: bytes, fmt: _Format) -> tuple[list[Any], Locate]:
-    text = _decode(data)
-    if fmt == "json":
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise _Problem(f"invalid JSON: {_unquoted(e.msg)}", e.lineno, e.colno) from e
-        except RecursionError as e:
-            raise _Problem("invalid JSON: nesting too deep") from e
-        except ValueError as e:  # the only other one: an integer past sys.get_int_max_str_digits()
-            raise _too_many_digits(text, "JSON") from e
-        return [doc], lambda index, path: _json_position(text, path)
-    return _parse_yaml(text)
+def parse_json(text: str) -> Parsed:
+    """One JSON document; raises `ProblemError` with where and why, never quoting the text."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _Problem(f"invalid JSON: {_unquoted(e.msg)}", e.lineno, e.colno) from e
+    except RecursionError as e:
+        raise _Problem("invalid JSON: nesting too deep") from e
+    except ValueError as e:  # the only other one: an integer past sys.get_int_max_str_digits()
+        raise _too_many_digits(text, "JSON") from e
+    return [doc], lambda index, path: _json_position(text, path)
 
 
 def _digit_limit() -> int:
@@ -251,7 +228,8 @@ def _unbuildable(node: yaml.Node, error: Exception) -> str:
     return f"not a valid !!{tag[1]}" if tag else "a value that cannot be built"
 
 
-def _parse_yaml(text: str) -> tuple[list[Any], Locate]:
+def parse_yaml(text: str) -> Parsed:
+    """YAML documents, bounded in depth and alias expansion; raises `ProblemError` like `parse_json`."""
     try:
         if _depth_bound(text) > MAX_DEPTH:
             _check_depth(text)
@@ -420,7 +398,7 @@ def _load_schema(path: Path) -> dict[str, Any]:
     try:
         docs, _ = _parse(data, "json" if path.suffix == ".json" else "yaml")
     except _Problem as e:
-        raise _Problem("schema " + e.at(str(path))) from e
+        raise _Problem(f"schema {e.at(str(path))}") from e
     if len(docs) != 1 or not isinstance(docs[0], dict):
         raise _Problem(f"schema {path}: not a JSON Schema object")
     import jsonschema
@@ -450,23 +428,23 @@ def _schema_errors(validator: Any, doc: Any) -> list[Any]:
         raise _Problem(f"schema: cannot be applied ({type(e).__name__}); check the schema") from e
 
 
-def _schema_problems(name: str, docs: list[Any], schema: dict[str, Any], locate: Locate) -> list[str]:
+def _schema_problems(name: str, docs: list[Any], schema: dict[str, Any], locate: Locate) -> list[Problem]:
     import jsonschema  # imported on first use: it costs ~60 ms of start-up the sidecar rarely needs
 
     from .schema import describe, json_path
 
     cls = jsonschema.validators.validator_for(schema)
     validator = cls(schema)
-    out: list[str] = []
+    out: list[Problem] = []
     try:
         for index, doc in enumerate(docs):
             for err in _schema_errors(validator, doc):
                 path = list(err.absolute_path)
-                problem = _Problem(f"schema: at {json_path(path)}: {describe(err)}", *locate(index, path))
-                if (text := problem.at(name)) not in out:  # `required` repeats its message per missing key
-                    out.append(text)
+                problem = Problem(name, f"schema: at {json_path(path)}: {describe(err)}", *locate(index, path))
+                if problem not in out:  # `required` repeats its message per missing key
+                    out.append(problem)
     except _Problem as e:
         out.append(e.at(name))
     except RecursionError:
-        out.append(f"{name}: schema: document nested too deep to check")
+        out.append(Problem(name, "schema: document nested too deep to check"))
     return out
