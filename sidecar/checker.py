@@ -297,7 +297,7 @@ async def _supervise(
 
 def _failure(code: int, capture: _Capture, stage: Path, limits: Limits) -> str:
     raw = capture.raw()
-    text = _trim(raw.decode("utf-8", "replace").replace(f"{stage}/", "").replace(str(stage), "<candidate>"))
+    text = _clip_output(raw.decode("utf-8", "replace").replace(f"{stage}/", "").replace(str(stage), "<candidate>"))
     hint = ""
     if _MEMORY_HINT.search(raw):
         hint = f" (a checker may use {_size(limits.data_bytes)} of memory)"
@@ -412,7 +412,7 @@ class _Capture(asyncio.Protocol):
         return bytes(self.head + (b"\n...\n" if dropped > 0 else b"") + self.tail)
 
 
-def _trim(text: str) -> str:
+def _clip_output(text: str) -> str:
     text = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
     if len(text) <= _REASON_CHARS:
         return text

@@ -62,7 +62,7 @@ class Fleet:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        peers: tuple[str, ...],
+        peers: tuple[tuple[str, int], ...],
         me: str,
         *,
         timeout_s: float = 1.0,
@@ -112,15 +112,14 @@ class Fleet:
     async def _resolve(self) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
         out: set[tuple[str, int]] = set()
-        for peer in self.peers:
-            host, _, port = peer.rpartition(":")
-            host = host.strip("[]")
+        for host, port in self.peers:
             try:
-                infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as e:
+                peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 log.warning("peer_unresolvable", peer=peer, error=str(e))
                 continue
-            out.update((str(info[4][0]), int(port)) for info in infos)
+            out.update((str(info[4][0]), port) for info in infos)
         return sorted(out)
 
     async def _read(self, host: str, port: int) -> dict[str, Any] | None:

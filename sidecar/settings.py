@@ -16,12 +16,15 @@ from .validators import ValidatorSpec, parse_validators
 __all__ = [
     "ENV_VARS",
     "Expect",
+    "MetricCheck",
     "Settings",
     "SettingsError",
     "Stagger",
     "ValidatorSpec",
     "parse_command",
     "parse_env_names",
+    "parse_metric_check",
+    "parse_ordinal",
     "parse_validators",
 ]
 
@@ -52,6 +55,20 @@ class Expect:
 
     def __str__(self) -> str:
         return ",".join([f"{c}xx" for c in sorted(self.classes)] + [str(c) for c in sorted(self.codes)])
+
+
+@dataclass(frozen=True, slots=True)
+class MetricCheck:
+    """`RELOAD_HEALTH_METRIC` parsed: one sample of the app's metrics compared with a number."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    op: str
+    value: float
+
+    def __str__(self) -> str:
+        labels = ",".join(f'{k}="{v}"' for k, v in self.labels)
+        return f"{self.name}{{{labels}}}{self.op}{self.value:g}" if labels else f"{self.name}{self.op}{self.value:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +118,15 @@ class Settings:
     health_interval_s: float = 1.0
     health_timeout_s: float = 30.0
     health_metric_url: str = ""
-    health_metric: str = ""
+    health_metric: MetricCheck | None = None
     # Staggering across the pods of a workload.
     stagger: Stagger = field(default_factory=Stagger)
     pod_name: str = ""
+    # The StatefulSet ordinal at the end of `pod_name` (`web-3` -> 3), None when it has none.
+    pod_ordinal: int | None = None
     pod_ip: str = ""
-    peers: tuple[str, ...] = ()
+    # (host, port) of each `RELOAD_PEERS` entry; a name is resolved again on every round.
+    peers: tuple[tuple[str, int], ...] = ()
     bake_s: float = 30.0
     # The sidecar's own HTTP server (host, port).
     listen: tuple[str, int] = ("0.0.0.0", 9533)  # noqa: S104 - a pod-wide probe/metrics port by design
@@ -255,11 +275,17 @@ def _stagger(raw: str) -> Stagger:
     raise ValueError("expected none, random:<max_s>, ordinal:<step_s> or waves")
 
 
-def _host_port(raw: str) -> tuple[str, int]:
+def _address(raw: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); the host may be empty."""
     host, sep, port = raw.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError("expected host:port, e.g. 0.0.0.0:9533")
-    return (host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104 - ':9533' means all interfaces
+    return host.strip("[]"), int(port)
+
+
+def _host_port(raw: str) -> tuple[str, int]:
+    host, port = _address(raw)
+    return (host or "0.0.0.0", port)  # noqa: S104 - ':9533' means all interfaces
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -271,11 +297,38 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def _peers(raw: str) -> tuple[str, ...]:
-    peers = _globs(raw)
-    for peer in peers:
-        _host_port(peer)
-    return peers
+def _peers(raw: str) -> tuple[tuple[str, int], ...]:
+    return tuple(_address(peer) for peer in _globs(raw))
+
+
+_METRIC_CHECK = re.compile(r"\s*([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s*(==|!=|>=|<=|>|<)\s*([-+0-9.eE]+)\s*")
+
+
+def parse_metric_check(text: str) -> MetricCheck:
+    """`name{a="b"}>=1` -> MetricCheck; `ValueError` says what is expected."""
+    m = _METRIC_CHECK.fullmatch(text)
+    try:
+        value = float(m.group(4)) if m else None
+    except ValueError:
+        value = None
+    if m is None or value is None:
+        raise ValueError("expected name{labels}<op>number, e.g. prometheus_config_last_reload_successful==1")
+    labels = tuple(
+        sorted(
+            (k.strip(), v.strip().strip('"'))
+            for k, _, v in (p.partition("=") for p in (m.group(2) or "").split(",") if p.strip())
+        )
+    )
+    return MetricCheck(m.group(1), labels, m.group(3), value)
+
+
+_ORDINAL = re.compile(r"-(\d+)$")
+
+
+def parse_ordinal(pod_name: str) -> int | None:
+    """The StatefulSet ordinal of a pod name (`web-3` -> 3), None when it has none."""
+    m = _ORDINAL.search(pod_name)
+    return int(m.group(1)) if m else None
 
 
 _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
@@ -304,7 +357,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_HEALTH_INTERVAL_S", "health_interval_s", _float(0.01)),
     ("RELOAD_HEALTH_TIMEOUT_S", "health_timeout_s", _float(0.1)),
     ("RELOAD_HEALTH_METRIC_URL", "health_metric_url", _url),
-    ("RELOAD_HEALTH_METRIC", "health_metric", str),
+    ("RELOAD_HEALTH_METRIC", "health_metric", parse_metric_check),
     ("RELOAD_STAGGER", "stagger", _stagger),
     ("RELOAD_POD_NAME", "pod_name", str),
     ("RELOAD_POD_IP", "pod_ip", str),
@@ -334,22 +387,18 @@ def _cross_checks(p: _Parser, kw: dict[str, object]) -> None:
         p.problems.append("RELOAD_PROCESS/RELOAD_PIDFILE set without RELOAD_SIGNAL: which signal should be sent?")
     if kw.get("reload_url") and kw.get("signal") is not None:
         p.problems.append("RELOAD_RELOAD_URL and RELOAD_SIGNAL are both set: choose one reload trigger")
-    if bool(kw.get("health_metric_url")) != bool(kw.get("health_metric")):
+    # a set but invalid RELOAD_HEALTH_METRIC is reported as such, not also as missing
+    if bool(kw.get("health_metric_url")) != bool(env.get("RELOAD_HEALTH_METRIC", "").strip()):
         p.problems.append("RELOAD_HEALTH_METRIC_URL and RELOAD_HEALTH_METRIC go together: set both or neither")
-    if kw.get("health_metric") and not re.fullmatch(
-        r"\s*[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?\s*(==|!=|>=|<=|>|<)\s*[-+0-9.eE]+\s*", str(kw["health_metric"])
-    ):
-        p.problems.append(
-            f"RELOAD_HEALTH_METRIC={env['RELOAD_HEALTH_METRIC']!r}: expected name{{labels}}<op>number, "
-            "e.g. prometheus_config_last_reload_successful==1"
-        )
     stagger = kw.get("stagger")
     if isinstance(stagger, Stagger) and stagger.mode == "waves" and not kw.get("peers"):
         p.problems.append(f"RELOAD_STAGGER={env['RELOAD_STAGGER']!r}: waves mode needs RELOAD_PEERS")
     if isinstance(stagger, Stagger) and stagger.mode in ("ordinal", "waves") and not kw.get("pod_name"):
         p.problems.append(f"RELOAD_STAGGER={env['RELOAD_STAGGER']!r}: needs RELOAD_POD_NAME (downward API)")
+    if kw.get("pod_name"):
+        kw["pod_ordinal"] = parse_ordinal(str(kw["pod_name"]))
     if isinstance(stagger, Stagger) and stagger.mode == "ordinal" and kw.get("pod_name"):
-        if not re.search(r"-\d+$", str(kw["pod_name"])):
+        if kw["pod_ordinal"] is None:
             p.problems.append(
                 f"RELOAD_POD_NAME={env['RELOAD_POD_NAME']!r}: ordinal stagger needs a StatefulSet pod name "
                 "ending in -<ordinal>, e.g. web-3"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -28,24 +27,24 @@ from .settings import Settings
 
 __all__ = [
     "DelayGate",
-    "Decision",
     "Gate",
+    "GateAnswer",
     "NoGate",
+    "WaveStep",
     "WavesGate",
-    "decide",
     "make_gate",
-    "ordinal",
-    "Verdict",
+    "wave_decision",
     "wave_of",
     "wave_order",
 ]
 
-Decision = Literal["go", "held"]
+# What a gate answers for a version (the pipeline's verdict and the webhook's decision are other things).
+GateAnswer = Literal["go", "held"]
 log = structlog.get_logger("stagger")
 
 
 class Gate(Protocol):
-    async def wait(self, version: str) -> Decision:
+    async def wait(self, version: str) -> GateAnswer:
         """Return when `version` may be promoted on this pod, or that it is held."""
         ...
 
@@ -53,16 +52,16 @@ class Gate(Protocol):
         """Seconds this pod waits for `version` after first seeing it (for logs)."""
         ...
 
-    async def admit_first(self, version: str) -> Decision:
+    async def admit_first(self, version: str) -> GateAnswer:
         """At start-up, with nothing promoted yet: may this pod start on `version` at once?"""
         ...
 
 
 class NoGate:
-    async def wait(self, version: str) -> Decision:
+    async def wait(self, version: str) -> GateAnswer:
         return "go"
 
-    async def admit_first(self, version: str) -> Decision:
+    async def admit_first(self, version: str) -> GateAnswer:
         return "go"
 
     def delay(self, version: str) -> float:
@@ -72,8 +71,10 @@ class NoGate:
 class DelayGate:
     """A fixed per-version delay: drawn at random, or from the pod ordinal."""
 
-    def __init__(self, mode: Literal["random", "ordinal"], seconds: float, pod_name: str) -> None:
-        self.mode, self.seconds, self.pod_name = mode, seconds, pod_name
+    def __init__(self, mode: Literal["random", "ordinal"], seconds: float, ordinal: int | None = None) -> None:
+        if mode == "ordinal" and ordinal is None:
+            raise ValueError("ordinal stagger needs the pod's StatefulSet ordinal")
+        self.mode, self.seconds, self.ordinal = mode, seconds, ordinal or 0
         self._first_seen: dict[str, float] = {}
         self._delays: dict[str, float] = {}
 
@@ -82,15 +83,15 @@ class DelayGate:
             if self.mode == "random":
                 self._delays[version] = random.uniform(0, self.seconds)  # noqa: S311 - spreading, not security
             else:
-                self._delays[version] = ordinal(self.pod_name) * self.seconds
+                self._delays[version] = self.ordinal * self.seconds
             while len(self._delays) > 64:
                 del self._delays[next(iter(self._delays))]
         return self._delays[version]
 
-    async def admit_first(self, version: str) -> Decision:
+    async def admit_first(self, version: str) -> GateAnswer:
         return "go"
 
-    async def wait(self, version: str) -> Decision:
+    async def wait(self, version: str) -> GateAnswer:
         loop = asyncio.get_running_loop()
         first = self._first_seen.setdefault(version, loop.time())
         while len(self._first_seen) > 64:
@@ -99,14 +100,6 @@ class DelayGate:
         if left > 0:
             await asyncio.sleep(left)
         return "go"
-
-
-def ordinal(pod_name: str) -> int:
-    """StatefulSet ordinal from the pod name (`web-3` -> 3); ValueError when it has none."""
-    m = re.search(r"-(\d+)$", pod_name)
-    if not m:
-        raise ValueError(f"pod name {pod_name!r} has no StatefulSet ordinal (expected <name>-<n>)")
-    return int(m.group(1))
 
 
 def wave_order(version: str, pods: set[str]) -> list[str]:
@@ -120,14 +113,16 @@ def wave_of(rank: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class WaveStep:
+    """One round's answer in waves mode: go, wait (reading `watch`) or held, and why."""
+
     step: Literal["go", "wait", "held"]
     why: str
     # The peers whose next answers can change this verdict: the previous wave.
     watch: frozenset[str] = frozenset()
 
 
-def decide(version: str, me: str, views: Mapping[str, PeerView], bake_s: float) -> Verdict:
+def wave_decision(version: str, me: str, views: Mapping[str, PeerView], bake_s: float) -> WaveStep:
     """Pure decision for one round: go, wait or held, why, and which peers to keep reading.
 
     Only the previous wave is checked: each of its pods went only once every wave before it had baked
@@ -136,7 +131,7 @@ def decide(version: str, me: str, views: Mapping[str, PeerView], bake_s: float) 
     """
     failed = sorted(pod for pod, view in views.items() if view.failed(version))
     if failed:
-        return Verdict("held", f"reported failed by {', '.join(failed)}")
+        return WaveStep("held", f"reported failed by {', '.join(failed)}")
     order = wave_order(version, set(views) | {me})
     rank = order.index(me)
     wave = wave_of(rank)
@@ -144,15 +139,15 @@ def decide(version: str, me: str, views: Mapping[str, PeerView], bake_s: float) 
     previous = order[(1 << wave >> 1) - 1 : (1 << wave) - 1] if wave else []
     holding = [pod for pod in previous if views[pod].holds(version)]
     if holding:
-        return Verdict("held", f"{where}: held by {', '.join(holding)}")
+        return WaveStep("held", f"{where}: held by {', '.join(holding)}")
     waiting = []
     for pod in previous:
         state = views[pod].version_state(version)
         if state is None or state[0] != "healthy" or state[1] < bake_s:
             waiting.append(pod)
     if waiting:
-        return Verdict("wait", f"{where} waits for {', '.join(waiting)}", frozenset(previous))
-    return Verdict("go", where)
+        return WaveStep("wait", f"{where} waits for {', '.join(waiting)}", frozenset(previous))
+    return WaveStep("go", where)
 
 
 class WavesGate:
@@ -166,23 +161,23 @@ class WavesGate:
     def delay(self, version: str) -> float:
         return 0.0
 
-    async def admit_first(self, version: str) -> Decision:
+    async def admit_first(self, version: str) -> GateAnswer:
         views = await self.fleet.poll()
         if any(view.failed(version) or view.holds(version) for view in views.values()):
             log.warning("start_refused_by_fleet", version=version)
             return "held"
         return "go"
 
-    async def wait(self, version: str) -> Decision:
+    async def wait(self, version: str) -> GateAnswer:
         last, watch = "", None
         while True:
-            verdict = decide(version, self.me, await self.fleet.poll(watch), self.bake_s)
-            if verdict.why != last:
-                log.info("wave_" + verdict.step, version=version, why=verdict.why)
-                last = verdict.why
-            if verdict.step != "wait":
-                return verdict.step
-            watch = set(verdict.watch)
+            step = wave_decision(version, self.me, await self.fleet.poll(watch), self.bake_s)
+            if step.why != last:
+                log.info("wave_" + step.step, version=version, why=step.why)
+                last = step.why
+            if step.step != "wait":
+                return step.step
+            watch = set(step.watch)
             await asyncio.sleep(self.poll_s)
 
 
@@ -191,7 +186,7 @@ def make_gate(
 ) -> Gate:
     mode = settings.stagger.mode
     if mode in ("random", "ordinal"):
-        return DelayGate(mode, settings.stagger.seconds, settings.pod_name)
+        return DelayGate(mode, settings.stagger.seconds, settings.pod_ordinal)
     if mode == "waves":
         forget = max(5.0, settings.bake_s)
         fleet = Fleet(session, settings.peers, me, forget_after_s=forget, on_requests=on_peer_requests)

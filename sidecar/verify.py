@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 
-from .settings import Settings
+from .settings import MetricCheck, Settings, parse_metric_check
 
 __all__ = ["HealthCheck", "MetricCheck", "Outcome", "parse_metric_check", "verify"]
 
@@ -28,18 +27,6 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     "<": operator.lt,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class MetricCheck:
-    name: str
-    labels: tuple[tuple[str, str], ...]
-    op: str
-    value: float
-
-    def __str__(self) -> str:
-        labels = ",".join(f'{k}="{v}"' for k, v in self.labels)
-        return f"{self.name}{{{labels}}}{self.op}{self.value:g}" if labels else f"{self.name}{self.op}{self.value:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +42,13 @@ class HealthCheck:
     def from_settings(cls, s: Settings) -> HealthCheck | None:
         if not s.health_url and not s.health_metric_url:
             return None
-        metric = parse_metric_check(s.health_metric) if s.health_metric else None
         return cls(
-            s.health_url, s.health_successes, s.health_interval_s, s.health_timeout_s, s.health_metric_url, metric
+            s.health_url,
+            s.health_successes,
+            s.health_interval_s,
+            s.health_timeout_s,
+            s.health_metric_url,
+            s.health_metric,
         )
 
 
@@ -66,20 +57,6 @@ class Outcome:
     ok: bool
     reason: str
     polls: int
-
-
-def parse_metric_check(text: str) -> MetricCheck:
-    """`name{a="b"}>=1` -> MetricCheck; raises ValueError."""
-    m = re.fullmatch(r"\s*([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s*(==|!=|>=|<=|>|<)\s*([-+0-9.eE]+)\s*", text)
-    if not m:
-        raise ValueError(f"bad metric check {text!r}")
-    labels = tuple(
-        sorted(
-            (k.strip(), v.strip().strip('"'))
-            for k, _, v in (p.partition("=") for p in (m.group(2) or "").split(",") if p.strip())
-        )
-    )
-    return MetricCheck(m.group(1), labels, m.group(3), float(m.group(4)))
 
 
 def _sample_value(text: str, check: MetricCheck) -> float | None:

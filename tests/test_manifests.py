@@ -301,7 +301,7 @@ def test_waves_peers_are_a_headless_service_of_the_same_pods() -> None:
             seen += 1
             assert settings.pod_name and settings.peers
             for peer in settings.peers:
-                host, _, port = peer.rpartition(":")
+                host, port = peer
                 service = services[host.split(".")[0]]["spec"]
                 assert service.get("clusterIP") == "None"
                 assert service.get("publishNotReadyAddresses") is True

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import main
-from sidecar.settings import ENV_VARS, Expect, Settings, SettingsError, Stagger, ValidatorSpec
+from sidecar.settings import ENV_VARS, Expect, MetricCheck, Settings, SettingsError, Stagger, ValidatorSpec
 
 BASE = {"RELOAD_SOURCE_DIR": "/cm", "RELOAD_TARGET_DIR": "/app-config"}
 
@@ -60,13 +60,13 @@ VALID: list[tuple[str, str, str, object, dict[str, str]]] = [
         "RELOAD_HEALTH_METRIC",
         'prometheus_config_last_reload_successful{job="p"}==1',
         "health_metric",
-        'prometheus_config_last_reload_successful{job="p"}==1',
+        MetricCheck("prometheus_config_last_reload_successful", (("job", "p"),), "==", 1.0),
         {"RELOAD_HEALTH_METRIC_URL": "http://127.0.0.1:9090/metrics"},
     ),
     ("RELOAD_STAGGER", "ordinal:15", "stagger", Stagger("ordinal", 15.0), {"RELOAD_POD_NAME": "web-2"}),
     ("RELOAD_POD_NAME", "web-0", "pod_name", "web-0", {}),
     ("RELOAD_POD_IP", "10.1.2.3", "pod_ip", "10.1.2.3", {}),
-    ("RELOAD_PEERS", "a:9533, b:9533", "peers", ("a:9533", "b:9533"), {}),
+    ("RELOAD_PEERS", "a:9533, [::1]:9533", "peers", (("a", 9533), ("::1", 9533)), {}),
     ("RELOAD_BAKE_S", "0", "bake_s", 0.0, {}),
     ("RELOAD_LISTEN", "127.0.0.1:9000", "listen", ("127.0.0.1", 9000), {}),
     ("RELOAD_HISTORY", "0", "history", 0, {}),
@@ -152,7 +152,7 @@ def test_defaults_match_the_design() -> None:
     assert str(s.reload_expect) == "2xx" and s.reload_expect.accepts(204) and not s.reload_expect.accepts(301)
     assert (s.signal, s.process, s.pidfile) == (None, "", None)
     assert (s.health_url, s.health_successes, s.health_interval_s, s.health_timeout_s) == ("", 3, 1.0, 30.0)
-    assert (s.health_metric_url, s.health_metric) == ("", "")
+    assert (s.health_metric_url, s.health_metric) == ("", None)
     assert s.stagger == Stagger("none", 0.0)
     assert (s.pod_name, s.pod_ip, s.peers, s.bake_s) == ("", "", (), 30.0)
     assert s.listen == ("0.0.0.0", 9533) and s.webhook_listen == ("0.0.0.0", 8443)
@@ -361,3 +361,32 @@ def test_console_script_run_with_bad_env_exits_2() -> None:
     proc = subprocess.run([exe, "run"], env=_clean_env(), capture_output=True, text=True, timeout=20)
     assert proc.returncode == 2, proc.stderr
     _assert_one_message(proc.stderr)
+
+
+def test_bad_metric_check_is_one_problem_with_the_old_text() -> None:
+    """An unparsable RELOAD_HEALTH_METRIC is reported once, as itself, not also as missing its partner."""
+    env = {**BASE, "RELOAD_HEALTH_METRIC_URL": "http://a:1/metrics", "RELOAD_HEALTH_METRIC": "reload is fine"}
+    assert _problems(env) == (
+        "RELOAD_HEALTH_METRIC='reload is fine': expected name{labels}<op>number, "
+        "e.g. prometheus_config_last_reload_successful==1",
+    )
+
+
+@pytest.mark.parametrize(("pod", "ordinal"), [("web-3", 3), ("my-app-v2-12", 12), ("web-7f9c8d6b5-x2kqz", None)])
+def test_pod_ordinal_is_parsed_with_the_pod_name(pod: str, ordinal: int | None) -> None:
+    """The StatefulSet ordinal is read once, with RELOAD_POD_NAME, into the value the stagger gate uses."""
+    assert Settings.from_env({**BASE, "RELOAD_POD_NAME": pod}).pod_ordinal == ordinal
+
+
+def test_metric_check_and_peers_are_typed_values() -> None:
+    """The metric check and the peers' host:port are parsed into the values verify and the fleet use."""
+    s = Settings.from_env(
+        {
+            **BASE,
+            "RELOAD_HEALTH_METRIC_URL": "http://a:1/metrics",
+            "RELOAD_HEALTH_METRIC": "up >= 1",
+            "RELOAD_PEERS": "peers.ns.svc:9533",
+        }
+    )
+    assert s.health_metric == MetricCheck("up", (), ">=", 1.0)
+    assert s.peers == (("peers.ns.svc", 9533),)

@@ -8,33 +8,32 @@ import time
 import aiohttp
 import pytest
 
-from sidecar.settings import Settings
-from sidecar.stagger import DelayGate, NoGate, make_gate, ordinal
+from sidecar.settings import Settings, parse_ordinal
+from sidecar.stagger import DelayGate, NoGate, make_gate
 
 
 @pytest.mark.parametrize(("pod", "n"), [("web-0", 0), ("web-3", 3), ("my-app-v2-12", 12), ("db-007", 7)])
 def test_ordinal_from_pod_name(pod: str, n: int) -> None:
     """The StatefulSet ordinal is the number after the last dash."""
-    assert ordinal(pod) == n
+    assert parse_ordinal(pod) == n
 
 
 @pytest.mark.parametrize("pod", ["web", "web-", "web-3a", "web-7f9c8d6b5-x2kqz", ""])
 def test_pod_name_without_ordinal(pod: str) -> None:
-    """A pod name without a trailing `-<n>` (e.g. a Deployment pod) raises ValueError naming it."""
-    with pytest.raises(ValueError, match="has no StatefulSet ordinal"):
-        ordinal(pod)
+    """A pod name without a trailing `-<n>` (e.g. a Deployment pod) has no ordinal."""
+    assert parse_ordinal(pod) is None
 
 
 def test_ordinal_delay_is_ordinal_times_step() -> None:
     """With `ordinal:<step>`, pod `web-n` waits n x step for every version."""
-    assert DelayGate("ordinal", 10.0, "web-3").delay("v1") == 30.0
-    assert DelayGate("ordinal", 10.0, "web-3").delay("v2") == 30.0
-    assert DelayGate("ordinal", 10.0, "web-0").delay("v1") == 0.0
+    assert DelayGate("ordinal", 10.0, 3).delay("v1") == 30.0
+    assert DelayGate("ordinal", 10.0, 3).delay("v2") == 30.0
+    assert DelayGate("ordinal", 10.0, 0).delay("v1") == 0.0
 
 
 def test_random_delay_is_bounded_and_stable_per_version() -> None:
     """With `random:<max>`, each version gets one delay in [0, max], the same on every call."""
-    gate = DelayGate("random", 2.0, "web-abc")
+    gate = DelayGate("random", 2.0)
     delays = {f"v{i}": gate.delay(f"v{i}") for i in range(50)}
     assert all(0.0 <= d <= 2.0 for d in delays.values())
     assert all(gate.delay(v) == d for v, d in delays.items())
@@ -43,12 +42,12 @@ def test_random_delay_is_bounded_and_stable_per_version() -> None:
 
 def test_random_delay_zero_max_is_zero() -> None:
     """`random:0` never waits."""
-    assert DelayGate("random", 0.0, "p").delay("v") == 0.0
+    assert DelayGate("random", 0.0).delay("v") == 0.0
 
 
 async def test_wait_returns_go_after_the_delay() -> None:
     """wait() returns "go" after about the pod's delay (web-2, step 0.05 s -> 0.1 s)."""
-    gate = DelayGate("ordinal", 0.05, "web-2")
+    gate = DelayGate("ordinal", 0.05, 2)
     start = time.monotonic()
     assert await gate.wait("v1") == "go"
     assert 0.09 <= time.monotonic() - start < 0.5
@@ -56,7 +55,7 @@ async def test_wait_returns_go_after_the_delay() -> None:
 
 async def test_wait_counts_from_first_sight() -> None:
     """A second wait for the same version only waits what is left of the delay, not the whole of it again."""
-    gate = DelayGate("ordinal", 0.1, "web-4")  # 0.4 s
+    gate = DelayGate("ordinal", 0.1, 4)  # 0.4 s
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(gate.wait("v1"), 0.25)
     start = time.monotonic()
@@ -69,7 +68,7 @@ async def test_wait_counts_from_first_sight() -> None:
 
 async def test_each_version_has_its_own_clock() -> None:
     """A new version starts its own delay even when an older one is already due."""
-    gate = DelayGate("ordinal", 0.05, "web-1")
+    gate = DelayGate("ordinal", 0.05, 1)
     await gate.wait("v1")
     start = time.monotonic()
     await gate.wait("v2")
@@ -99,8 +98,27 @@ async def test_make_gate_from_settings() -> None:
 
 async def test_delay_gates_never_delay_the_first_version() -> None:
     """At start-up (nothing promoted yet) the delay gates admit a version at once: the app waits for it."""
-    gate = DelayGate("ordinal", 60.0, "web-9")
+    gate = DelayGate("ordinal", 60.0, 9)
     start = time.monotonic()
     assert await gate.admit_first("v1") == "go"
     assert await NoGate().admit_first("v1") == "go"
     assert time.monotonic() - start < 0.05
+
+
+def test_ordinal_gate_needs_an_ordinal() -> None:
+    """An ordinal gate without the pod's ordinal is a programming error, refused at construction."""
+    with pytest.raises(ValueError, match="StatefulSet ordinal"):
+        DelayGate("ordinal", 1.0, None)
+
+
+async def test_make_gate_uses_the_parsed_ordinal() -> None:
+    """`make_gate` builds the ordinal gate from Settings.pod_ordinal (parsed once, with the settings)."""
+    env = {
+        "RELOAD_SOURCE_DIR": "/s",
+        "RELOAD_TARGET_DIR": "/t",
+        "RELOAD_STAGGER": "ordinal:2",
+        "RELOAD_POD_NAME": "db-4",
+    }
+    async with aiohttp.ClientSession() as session:
+        gate = make_gate(Settings.from_env(env), session, "db-4")
+    assert gate.delay("v1") == 8.0

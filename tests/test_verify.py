@@ -85,10 +85,10 @@ def test_parse_every_operator(op: str) -> None:
     assert parse_metric_check(f"x{op}-2e3").value == -2000.0
 
 
-@pytest.mark.parametrize("text", ["", "up", "up=1", "up==", "1up==1", "up==one", 'up{job="a"==1'])
+@pytest.mark.parametrize("text", ["", "up", "up=1", "up==", "1up==1", "up==one", 'up{job="a"==1', "up==1e", "up==.."])
 def test_parse_bad_check(text: str) -> None:
     """Text that is not `name{labels}<op>number` raises ValueError."""
-    with pytest.raises(ValueError, match="bad metric check"):
+    with pytest.raises(ValueError, match=r"expected name\{labels\}<op>number"):
         parse_metric_check(text)
 
 
