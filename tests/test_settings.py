@@ -119,6 +119,7 @@ INVALID: list[tuple[str, str, str]] = [
     ("RELOAD_HEALTH_TIMEOUT_S", "0.01", "[0.1, inf]"),
     ("RELOAD_HEALTH_METRIC_URL", "127.0.0.1:9090/metrics", "http:// or https://"),
     ("RELOAD_HEALTH_METRIC", "reload is fine", "name{labels}<op>number"),
+    ("RELOAD_HEALTH_METRIC", "up==1e", "name{labels}<op>number"),  # the number must be one
     ("RELOAD_STAGGER", "sometimes", "expected none, random:<max_s>"),
     ("RELOAD_STAGGER", "random:soon", "random:<seconds>"),
     ("RELOAD_STAGGER", "ordinal:-5", ">= 0"),
