@@ -144,7 +144,16 @@ class _None(_Kind):
 
 
 #: Every kind by its word, in the order precedence ties are broken and the words are listed.
-KINDS: dict[str, ValidatorKind] = {k.name: k for k in (_Auto(), _Every("yaml"), _Every("json"), _Schema(), _None())}
+KINDS: dict[str, ValidatorKind] = {
+    kind.name: kind
+    for kind in (
+        _Auto(),
+        _Every("yaml"),
+        _Every("json"),
+        _Schema(),
+        _None(),
+    )
+}
 
 
 def _yaml(text: str) -> Parsed:
@@ -160,7 +169,10 @@ def _json(text: str) -> Parsed:
 
 
 #: Format -> parser of a file's (UTF-8) text.
-FORMATS: Mapping[str, Callable[[str], Parsed]] = {"yaml": _yaml, "json": _json}
+FORMATS: Mapping[str, Callable[[str], Parsed]] = {
+    "yaml": _yaml,
+    "json": _json,
+}
 
 
 def _expected() -> str:
