@@ -173,9 +173,9 @@ async def run(settings: Settings) -> int:
     from .metrics import Metrics
     from .reloader import Reloader
     from .server import Api, make_app, start_server
-    from .signal import make_trigger
     from .stagger import make_gate
     from .state import State
+    from .trigger import make_trigger
     from .verify import HealthCheck
 
     loop = asyncio.get_running_loop()

@@ -27,10 +27,10 @@ import structlog
 from . import promote as _promote
 from .metrics import Metrics
 from .settings import Settings
-from .signal import Trigger, TriggerError
 from .snapshot import Snapshot, SourceError, read_configured
 from .stagger import Gate
 from .state import State, load_state, save_state
+from .trigger import Trigger, TriggerError
 from .validate import Checks, validate
 from .verify import HealthCheck, Outcome, verify
 from .watch import changes

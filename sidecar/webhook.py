@@ -222,9 +222,8 @@ def _profile(name: str, body: object, base: Path) -> Profile:
         words = ",".join(words)
     if not isinstance(words, str) or not words.strip():
         raise ValueError(f"validate: expected a list of words such as [auto], got {words!r}")
-    words = ",".join(_relative_schema(w.strip(), base) for w in words.split(","))
     try:
-        validators = parse_validators(words)
+        validators = parse_validators(words, base=base)
     except ValueError as e:
         raise ValueError(f"validate: {e}") from None
     command = body.get("command") or ""
@@ -250,12 +249,6 @@ def _env_names(env: object) -> tuple[str, ...]:
         return parse_env_names(",".join(env))
     except ValueError as e:
         raise ValueError(f"env: {e}") from None
-
-
-def _relative_schema(word: str, base: Path) -> str:
-    if word.startswith("schema:") and word[7:] and not Path(word[7:]).is_absolute():
-        return f"schema:{base / word[7:]}"
-    return word
 
 
 class TlsFiles:

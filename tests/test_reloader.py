@@ -32,10 +32,10 @@ from sidecar.metrics import Metrics
 from sidecar.promote import DATA, current_version, version_dir
 from sidecar.reloader import Reloader
 from sidecar.settings import Settings
-from sidecar.signal import TriggerError
 from sidecar.snapshot import read_snapshot
 from sidecar.stagger import NoGate
 from sidecar.state import STATE_FILE, State
+from sidecar.trigger import TriggerError
 from sidecar.verify import HealthCheck, Outcome
 from tests.kubelet import project
 from tests.tmpfs import FILLER, fill, tmpfs
