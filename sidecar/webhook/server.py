@@ -1,10 +1,9 @@
-"""The webhook's HTTPS server: routes, the answer accounting middleware, start-up and shutdown."""
+"""The webhook's HTTPS server: routes, the answer accounting middleware; start-up and shutdown via `Lifecycle`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import ssl
 import time
 
@@ -13,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..lifecycle import Lifecycle
 from ..settings import Settings, SettingsError
 from .profiles import Profile, load_profiles
 from .review import BadReview, Deadline, Unjudged, Webhook, decide, parse_review
@@ -179,15 +179,12 @@ def make_app(hook: Webhook) -> web.Application:
 
 async def run_webhook(settings: Settings, hook: Webhook) -> int:
     """Serve HTTPS until SIGTERM/SIGINT, then let in-flight reviews finish (bounded) and exit 0."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     host, port = settings.webhook_listen
-    # handler_cancellation: a client that disconnects cancels its review, which kills its checker.
-    runner = web.AppRunner(make_app(hook), access_log=None, handle_signals=False, handler_cancellation=True)
-    await runner.setup()
-    try:
+    async with Lifecycle(cleanup_timeout_s=10) as life:
+        # handler_cancellation: a client that disconnects cancels its review, which kills its checker.
+        runner = web.AppRunner(make_app(hook), access_log=None, handle_signals=False, handler_cancellation=True)
+        await runner.setup()
+        life.own(runner)
         site = web.TCPSite(runner, host, port, ssl_context=hook.tls.server_context, reuse_address=True)
         try:
             await site.start()
@@ -202,12 +199,5 @@ async def run_webhook(settings: Settings, hook: Webhook) -> int:
             concurrency=hook.concurrency,
             queue_length=hook.queue_length,
         )
-        await stop.wait()
-        log.info("stopping")
-    finally:
-        try:
-            await asyncio.wait_for(runner.cleanup(), 10)
-        except TimeoutError:
-            log.warning("server_cleanup_timeout")
-    log.info("stopped")
+        await life.run()
     return 0
