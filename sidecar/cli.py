@@ -16,8 +16,6 @@ from .settings import Settings, SettingsError
 
 __all__ = ["configure_logging", "main"]
 
-log = structlog.get_logger("cli")
-
 
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     """structlog to stderr: JSON lines in production, a console renderer for humans."""
@@ -76,7 +74,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "validate":
         return asyncio.run(_validate(settings, args.dir))
     if args.command == "once":
-        return asyncio.run(_once(settings))
+        from .reloader import Reloader
+
+        return 0 if asyncio.run(Reloader.once(settings)) else 1
     if args.command == "webhook":
         from .webhook import load_webhook, run_webhook
 
@@ -108,41 +108,6 @@ async def _validate(settings: Settings, directory: Path) -> int:
     for problem in verdict.problems:
         print(f"  - {problem}")
     return 1
-
-
-async def _once(settings: Settings) -> int:
-    from . import promote
-    from .snapshot import SourceError, read_configured
-    from .state import State, load_state, save_state
-    from .validate import Checks, validate
-
-    target = settings.target_dir
-    promote.clean_leftovers(target)
-    try:
-        snap = read_configured(settings.source_dir, settings)
-    except SourceError as e:
-        log.error("source_unreadable", error=str(e))
-        return 1
-    verdict = await validate(snap, Checks.from_settings(settings, target))
-    if not verdict.ok:
-        log.error("refused", version=snap.version, problems=list(verdict.problems))
-        return 1
-    try:
-        wrote = promote.promote(snap, target)
-    except promote.PromoteError as e:  # e.g. the target is full: a clear line, no traceback, no ..tmp-* left
-        log.error("promote_failed", version=snap.version, error=str(e))
-        return 1
-    # Committed as the sidecar's first promotion is, so the sidecar that starts next does not reload
-    # (and re-verify) the app on a version it already has.
-    state = State(pod=settings.pod_name)
-    load_state(target, state)
-    state.last_good = snap.version
-    try:
-        save_state(target, state)
-    except OSError as e:  # the files are in place; the sidecar starting next only re-verifies them
-        log.error("state_write_failed", version=snap.version, error=str(e))
-    log.info("promoted", version=snap.version, files=len(snap.files), new_dir=wrote)
-    return 0
 
 
 if __name__ == "__main__":

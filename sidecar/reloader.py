@@ -2,6 +2,8 @@
 
     watch -> snapshot -> validate -> gate -> promote -> signal -> verify -> commit | rollback
 
+`Reloader.once` is the same order for an initContainer: snapshot -> validate -> promote -> commit.
+
 One worker runs one pass at a time; changes seen meanwhile collapse into one more pass, which reads
 the source afresh, so the latest version always wins and a storm costs at most two reloads.
 
@@ -85,6 +87,41 @@ class Reloader:
         # it even if its dir was deleted and the source has moved on. None after a restart until the source
         # shows it again.
         self._good_snap: Snapshot | None = None
+
+    @staticmethod
+    async def once(settings: Settings) -> bool:
+        """`reload-sidecar once` (an initContainer): read -> validate -> promote -> commit, one time.
+
+        No app to signal or verify yet: it starts after this. False (logged) when the source cannot be
+        read, the version is refused or it cannot be promoted (a full target: one line, no ..tmp-* left).
+        """
+        target = settings.target_dir
+        _promote.clean_leftovers(target)
+        try:
+            snap = read_configured(settings.source_dir, settings)
+        except SourceError as e:
+            log.error("source_unreadable", error=str(e))
+            return False
+        verdict = await validate(snap, Checks.from_settings(settings, target))
+        if not verdict.ok:
+            log.error("refused", version=snap.version, problems=list(verdict.problems))
+            return False
+        try:
+            wrote = _promote.promote(snap, target)
+        except _promote.PromoteError as e:
+            log.error("promote_failed", version=snap.version, error=str(e))
+            return False
+        # Committed as the sidecar's first promotion is, so the sidecar that starts next does not reload
+        # (and re-verify) the app on a version it already has.
+        state = State(pod=settings.pod_name)
+        load_state(target, state)
+        state.last_good = snap.version
+        try:
+            save_state(target, state)
+        except OSError as e:  # the files are in place; the sidecar starting next only re-verifies them
+            log.error("state_write_failed", version=snap.version, error=str(e))
+        log.info("promoted", version=snap.version, files=len(snap.files), new_dir=wrote)
+        return True
 
     @property
     def alive(self) -> bool:
