@@ -21,27 +21,30 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import aiohttp
 import structlog
 
 from . import promote as _promote
-from .metrics import Metrics
 from .settings import Settings
-from .signal import Trigger, TriggerError
 from .snapshot import Snapshot, SourceError, read_configured
-from .stagger import Gate
 from .state import State, load_state, save_state
 from .validate import Checks, validate
-from .verify import HealthCheck, Outcome, verify
 from .watch import changes
+
+if TYPE_CHECKING:  # the stages that need aiohttp are imported when a Reloader is made: `once` runs without it
+    import aiohttp
+
+    from .metrics import Metrics
+    from .signal import Trigger
+    from .stagger import Gate
+    from .verify import HealthCheck, Outcome
 
 __all__ = ["Reloader"]
 
 log = structlog.get_logger("reloader")
 T = TypeVar("T")
-Verifier = Callable[[aiohttp.ClientSession, HealthCheck], Awaitable[Outcome]]
+Verifier = Callable[["aiohttp.ClientSession", "HealthCheck"], Awaitable["Outcome"]]
 
 
 @dataclass(slots=True)
@@ -67,11 +70,13 @@ class Reloader:
         gate: Gate,
         session: aiohttp.ClientSession,
         health: HealthCheck | None = None,
-        verifier: Verifier = verify,
+        verifier: Verifier | None = None,
     ) -> None:
+        from .verify import verify
+
         self.s, self.state, self.metrics = settings, state, metrics
         self.trigger, self.gate, self.session, self.health = trigger, gate, session, health
-        self.verifier = verifier
+        self.verifier = verifier or verify
         self.checks = Checks.from_settings(settings, settings.target_dir)
         self._wake = asyncio.Event()
         self._last_small = False  # was the last snapshot small enough to read without a thread hop?
@@ -380,6 +385,8 @@ class Reloader:
         Never raises (but CancelledError): an unexpected exception from the trigger or the health check
         is a failure of that stage, with its traceback logged.
         """
+        from .signal import TriggerError  # loaded by whoever made the trigger; kept off the imports for `once`
+
         self.state.phase = "reloading"
         t = time.perf_counter()
         try:
