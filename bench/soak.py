@@ -150,11 +150,11 @@ class Soak:
         if self.rng.random() < 0.5:
             os.unlink(self.target / "..data")
         else:
-            for entry in os.scandir(self.target):
+            for entry in os.scandir(self.target):  # the sidecar may rename a temp file meanwhile
                 if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
+                    shutil.rmtree(entry.path, ignore_errors=True)
                 else:
-                    os.unlink(entry.path)
+                    Path(entry.path).unlink(missing_ok=True)
         try:
             wait(lambda: (self.target / "nginx.conf").is_file() and self.status()["current"] == before, 60, "repair")
         except SystemExit:

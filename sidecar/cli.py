@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,8 +15,6 @@ import structlog
 from .settings import Settings, SettingsError
 
 __all__ = ["configure_logging", "main"]
-
-log = structlog.get_logger("cli")
 
 
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
@@ -66,6 +63,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "demo":
         from .demo import run_demo
 
+        configure_logging("console", "info")
         return run_demo(args.port, wait=not args.no_wait)
     try:
         settings = Settings.from_env(env, require_dirs=args.command in ("run", "once"))
@@ -73,12 +71,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"reload-sidecar: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    if args.command == "run":
-        _import_aiohttp_without_ca_bundle(settings)
     if args.command == "validate":
         return asyncio.run(_validate(settings, args.dir))
     if args.command == "once":
-        return asyncio.run(_once(settings))
+        from .reloader import Reloader
+
+        return 0 if asyncio.run(Reloader.once(settings)) else 1
     if args.command == "webhook":
         from .webhook import load_webhook, run_webhook
 
@@ -88,28 +86,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print(f"reload-sidecar: {e}", file=sys.stderr)
             return 2
         return asyncio.run(run_webhook(settings, hook))
-    return asyncio.run(run(settings))
+    from .run import run_sidecar
 
-
-def _import_aiohttp_without_ca_bundle(settings: Settings) -> None:
-    """Import aiohttp with an empty CA bundle when no configured URL is https.
-
-    aiohttp builds a verifying SSL context at import time, loading the system CA bundle: ~2 MB of RSS
-    and 50-100 ms of start-up in every pod, for a sidecar that speaks plain HTTP to its app and its
-    peers. The variable is restored right after, so checker commands see the environment unchanged.
-    """
-    urls = (settings.reload_url, settings.health_url, settings.health_metric_url)
-    if any(u.startswith("https:") for u in urls) or "aiohttp" in sys.modules:
-        return
-    before = os.environ.get("SSL_CERT_FILE")
-    os.environ["SSL_CERT_FILE"] = os.devnull
-    try:
-        import aiohttp  # noqa: F401 - imported for its side effect, see above
-    finally:
-        if before is None:
-            del os.environ["SSL_CERT_FILE"]
-        else:
-            os.environ["SSL_CERT_FILE"] = before
+    return run_sidecar(settings)
 
 
 async def _validate(settings: Settings, directory: Path) -> int:
@@ -129,93 +108,6 @@ async def _validate(settings: Settings, directory: Path) -> int:
     for problem in verdict.problems:
         print(f"  - {problem}")
     return 1
-
-
-async def _once(settings: Settings) -> int:
-    from . import promote
-    from .snapshot import SourceError, read_configured
-    from .state import State, load_state, save_state
-    from .validate import Checks, validate
-
-    target = settings.target_dir
-    promote.clean_leftovers(target)
-    try:
-        snap = read_configured(settings.source_dir, settings)
-    except SourceError as e:
-        log.error("source_unreadable", error=str(e))
-        return 1
-    verdict = await validate(snap, Checks.from_settings(settings, target))
-    if not verdict.ok:
-        log.error("refused", version=snap.version, problems=list(verdict.problems))
-        return 1
-    try:
-        wrote = promote.promote(snap, target)
-    except promote.PromoteError as e:  # e.g. the target is full: a clear line, no traceback, no ..tmp-* left
-        log.error("promote_failed", version=snap.version, error=str(e))
-        return 1
-    # Committed as the sidecar's first promotion is, so the sidecar that starts next does not reload
-    # (and re-verify) the app on a version it already has.
-    state = State(pod=settings.pod_name)
-    load_state(target, state)
-    state.last_good = snap.version
-    try:
-        save_state(target, state)
-    except OSError as e:  # the files are in place; the sidecar starting next only re-verifies them
-        log.error("state_write_failed", version=snap.version, error=str(e))
-    log.info("promoted", version=snap.version, files=len(snap.files), new_dir=wrote)
-    return 0
-
-
-async def run(settings: Settings) -> int:
-    """The sidecar until SIGTERM/SIGINT: server up, reload loop, then an orderly shutdown."""
-    import aiohttp
-
-    from .metrics import Metrics
-    from .reloader import Reloader
-    from .server import Api, make_app, start_server
-    from .stagger import make_gate
-    from .state import State
-    from .trigger import make_trigger
-    from .verify import HealthCheck
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    state, metrics = State(pod=settings.pod_name or os.uname().nodename), Metrics()
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16, use_dns_cache=False))
-    try:
-        reloader = Reloader(
-            settings,
-            state,
-            metrics,
-            make_trigger(settings, session),
-            make_gate(settings, session, state.pod, metrics.peer_requests.inc),
-            session,
-            HealthCheck.from_settings(settings),
-        )
-        runner, port = await start_server(make_app(Api(state, metrics, lambda: reloader.alive)), *settings.listen)
-        log.info(
-            "listening",
-            host=settings.listen[0],
-            port=port,
-            source=str(settings.source_dir),
-            target=str(settings.target_dir),
-            trigger=reloader.trigger.method,
-        )
-        try:
-            await reloader.run(stop)
-        finally:
-            state.ready = False
-            log.info("stopping")
-            try:
-                await asyncio.wait_for(runner.cleanup(), 5)
-            except TimeoutError:
-                log.warning("server_cleanup_timeout")
-    finally:
-        await session.close()
-    log.info("stopped")
-    return 0
 
 
 if __name__ == "__main__":

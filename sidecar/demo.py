@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from .cli import configure_logging, run
+from .lifecycle import Lifecycle
+from .run import serve_sidecar
 from .settings import Settings
 
 __all__ = ["run_demo"]
@@ -112,7 +112,6 @@ async def _script(volume: Path, app_url: str, status_url: str) -> None:
 
 def run_demo(port: int, *, wait: bool = True) -> int:
     """Run the demo; returns when Ctrl-C is pressed (or right after the script with `wait=False`)."""
-    configure_logging("console", "info")
     return asyncio.run(_demo(port, wait))
 
 
@@ -128,40 +127,45 @@ async def _demo(port: int, wait: bool) -> int:
         web_app.add_routes(
             [web.get("/", app.index), web.get("/healthz", app.health), web.post("/-/reload", app.reload)]
         )
-        runner = web.AppRunner(web_app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        app_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        settings = Settings.from_env(
-            {
-                "RELOAD_SOURCE_DIR": str(volume),
-                "RELOAD_TARGET_DIR": str(target),
-                "RELOAD_EXCLUDE": ".*",
-                "RELOAD_VALIDATE": f"auto,schema:{root / 'schema.json'}",
-                "RELOAD_RELOAD_URL": f"{app_url}/-/reload",
-                "RELOAD_HEALTH_URL": f"{app_url}/healthz",
-                "RELOAD_HEALTH_SUCCESSES": "2",
-                "RELOAD_HEALTH_INTERVAL_S": "0.2",
-                "RELOAD_HEALTH_TIMEOUT_S": "2",
-                "RELOAD_DEBOUNCE_MS": "100",
-                "RELOAD_LISTEN": f"127.0.0.1:{port}",
-                "RELOAD_POD_NAME": "demo-0",
-                "RELOAD_LOG_FORMAT": "console",
-            }
-        )
-        print(
-            f"reload-sidecar demo in {root}\n  volume (edit me): {volume}/app.yaml\n  target (the app "
-            f"reads): {target}\n  app: {app_url}/\n  sidecar: http://127.0.0.1:{port}/status"
-        )
-        sidecar = asyncio.create_task(run(settings))
-        await _until(lambda: (target / "app.yaml").exists())
-        app.load()  # the app starts after the sidecar's first promotion, as in a pod
-        await _script(volume, app_url + "/", f"http://127.0.0.1:{port}/status")
-        if not wait:
-            os.kill(os.getpid(), signal.SIGTERM)
-        else:
-            print("Ctrl-C to stop.")
-        code = await sidecar
-        await runner.cleanup()
-        return code
+        # One lifecycle for the process: Ctrl-C stops the sidecar, then its server and the app's go down.
+        async with Lifecycle(cleanup_timeout_s=5) as life:
+            runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
+            await runner.setup()
+            life.own(runner)
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            app_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            settings = _settings(root, volume, target, app_url, port)
+            print(
+                f"reload-sidecar demo in {root}\n  volume (edit me): {volume}/app.yaml\n  target (the app "
+                f"reads): {target}\n  app: {app_url}/\n  sidecar: http://127.0.0.1:{port}/status"
+            )
+            sidecar = asyncio.create_task(serve_sidecar(settings, life))
+            await _until(lambda: (target / "app.yaml").exists())
+            app.load()  # the app starts after the sidecar's first promotion, as in a pod
+            await _script(volume, app_url + "/", f"http://127.0.0.1:{port}/status")
+            if not wait:
+                life.stop.set()
+            else:
+                print("Ctrl-C to stop.")
+            return await sidecar
+
+
+def _settings(root: Path, volume: Path, target: Path, app_url: str, port: int) -> Settings:
+    return Settings.from_env(
+        {
+            "RELOAD_SOURCE_DIR": str(volume),
+            "RELOAD_TARGET_DIR": str(target),
+            "RELOAD_EXCLUDE": ".*",
+            "RELOAD_VALIDATE": f"auto,schema:{root / 'schema.json'}",
+            "RELOAD_RELOAD_URL": f"{app_url}/-/reload",
+            "RELOAD_HEALTH_URL": f"{app_url}/healthz",
+            "RELOAD_HEALTH_SUCCESSES": "2",
+            "RELOAD_HEALTH_INTERVAL_S": "0.2",
+            "RELOAD_HEALTH_TIMEOUT_S": "2",
+            "RELOAD_DEBOUNCE_MS": "100",
+            "RELOAD_LISTEN": f"127.0.0.1:{port}",
+            "RELOAD_POD_NAME": "demo-0",
+            "RELOAD_LOG_FORMAT": "console",
+        }
+    )

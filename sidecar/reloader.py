@@ -2,6 +2,8 @@
 
     watch -> snapshot -> validate -> gate -> promote -> signal -> verify -> commit | rollback
 
+`Reloader.once` is the same order for an initContainer: snapshot -> validate -> promote -> commit.
+
 One worker runs one pass at a time; changes seen meanwhile collapse into one more pass, which reads
 the source afresh, so the latest version always wins and a storm costs at most two reloads.
 
@@ -19,27 +21,31 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import aiohttp
 import structlog
 
 from . import promote as _promote
-from .metrics import Metrics
 from .settings import Settings
 from .snapshot import Snapshot, SourceError, read_configured
-from .stagger import Gate
 from .state import State, load_state, save_state
 from .trigger import Trigger, TriggerError
 from .validate import Checks, validate
-from .verify import HealthCheck, Outcome, verify
 from .watch import changes
+
+if TYPE_CHECKING:  # the stages that need aiohttp are imported when a Reloader is made: `once` runs without it
+    import aiohttp
+
+    from .metrics import Metrics
+    from .stagger import Gate
+    from .trigger import Trigger
+    from .verify import HealthCheck, Outcome
 
 __all__ = ["Reloader"]
 
 log = structlog.get_logger("reloader")
 T = TypeVar("T")
-Verifier = Callable[[aiohttp.ClientSession, HealthCheck], Awaitable[Outcome]]
+Verifier = Callable[["aiohttp.ClientSession", "HealthCheck"], Awaitable["Outcome"]]
 
 
 @dataclass(slots=True)
@@ -65,11 +71,13 @@ class Reloader:
         gate: Gate,
         session: aiohttp.ClientSession,
         health: HealthCheck | None = None,
-        verifier: Verifier = verify,
+        verifier: Verifier | None = None,
     ) -> None:
+        from .verify import verify
+
         self.s, self.state, self.metrics = settings, state, metrics
         self.trigger, self.gate, self.session, self.health = trigger, gate, session, health
-        self.verifier = verifier
+        self.verifier = verifier or verify
         self.checks = Checks.from_settings(settings, settings.target_dir)
         self._wake = asyncio.Event()
         self._last_small = False  # was the last snapshot small enough to read without a thread hop?
@@ -85,6 +93,41 @@ class Reloader:
         # it even if its dir was deleted and the source has moved on. None after a restart until the source
         # shows it again.
         self._good_snap: Snapshot | None = None
+
+    @staticmethod
+    async def once(settings: Settings) -> bool:
+        """`reload-sidecar once` (an initContainer): read -> validate -> promote -> commit, one time.
+
+        No app to signal or verify yet: it starts after this. False (logged) when the source cannot be
+        read, the version is refused or it cannot be promoted (a full target: one line, no ..tmp-* left).
+        """
+        target = settings.target_dir
+        _promote.clean_leftovers(target)
+        try:
+            snap = read_configured(settings.source_dir, settings)
+        except SourceError as e:
+            log.error("source_unreadable", error=str(e))
+            return False
+        verdict = await validate(snap, Checks.from_settings(settings, target))
+        if not verdict.ok:
+            log.error("refused", version=snap.version, problems=list(verdict.problems))
+            return False
+        try:
+            wrote = _promote.promote(snap, target)
+        except _promote.PromoteError as e:
+            log.error("promote_failed", version=snap.version, error=str(e))
+            return False
+        # Committed as the sidecar's first promotion is, so the sidecar that starts next does not reload
+        # (and re-verify) the app on a version it already has.
+        state = State(pod=settings.pod_name)
+        load_state(target, state)
+        state.last_good = snap.version
+        try:
+            save_state(target, state)
+        except OSError as e:  # the files are in place; the sidecar starting next only re-verifies them
+            log.error("state_write_failed", version=snap.version, error=str(e))
+        log.info("promoted", version=snap.version, files=len(snap.files), new_dir=wrote)
+        return True
 
     @property
     def alive(self) -> bool:
@@ -343,6 +386,7 @@ class Reloader:
         Never raises (but CancelledError): an unexpected exception from the trigger or the health check
         is a failure of that stage, with its traceback logged.
         """
+
         self.state.phase = "reloading"
         t = time.perf_counter()
         try:

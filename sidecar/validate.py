@@ -10,18 +10,15 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Protocol
 
 from .checker import StagingError, run_command, stage_files
-from .settings import Settings
+from .parsers import parse_json, parse_yaml, position
 from .snapshot import Snapshot
 from .validators import FORMATS, Locate, Parsed, Problem, ValidatorSpec, formats, schema_paths
 from .validators import ProblemError as _Problem
@@ -38,11 +35,21 @@ __all__ = [
     "validate",
 ]
 
-MAX_DEPTH = 64
-MAX_NODES = 250_000
 _MAX_PROBLEMS = 20
 
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+class CheckSettings(Protocol):
+    """The part of `Settings` the checks are built from (a protocol: validate.py does not import settings,
+    which imports the validator registry, which parses with this module)."""
+
+    @property
+    def validators(self) -> tuple[ValidatorSpec, ...]: ...
+    @property
+    def validate_command(self) -> tuple[str, ...]: ...
+    @property
+    def validate_timeout_s(self) -> float: ...
+    @property
+    def validate_env(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +65,7 @@ class Checks:
     env: tuple[str, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: Settings, work_dir: Path | None = None) -> Checks:
+    def from_settings(cls, settings: CheckSettings, work_dir: Path | None = None) -> Checks:
         return cls(
             settings.validators,
             settings.validate_command,
@@ -166,222 +173,12 @@ def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line, column = _position(data[: e.start].decode("utf-8"))
+        line, column = position(data[: e.start].decode("utf-8"))
         raise _Problem(f"invalid UTF-8 at byte {e.start}", line, column) from e
-
-
-def _position(before: str) -> tuple[int, int]:
-    """(line, column) of the character that follows `before`."""
-    return before.count("\n") + 1, len(before) - before.rfind("\n")
 
 
 def _parse(data: bytes, fmt: str) -> Parsed:
     return FORMATS[fmt](_decode(data))
-
-
-def parse_json(text: str) -> Parsed:
-    """One JSON document; raises `ProblemError` with where and why, never quoting the text."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _Problem(f"invalid JSON: {_unquoted(e.msg)}", e.lineno, e.colno) from e
-    except RecursionError as e:
-        raise _Problem("invalid JSON: nesting too deep") from e
-    except ValueError as e:  # the only other one: an integer past sys.get_int_max_str_digits()
-        raise _too_many_digits(text, "JSON") from e
-    return [doc], lambda index, path: _json_position(text, path)
-
-
-def _digit_limit() -> int:
-    import sys  # only this rare path needs it
-
-    return sys.get_int_max_str_digits()
-
-
-def _too_many_digits(text: str, fmt: str) -> _Problem:
-    limit = _digit_limit()
-    found = re.search(rf"\d{{{limit + 1}}}", text)
-    line, column = _position(text[: found.start()]) if found else (0, 0)
-    return _Problem(f"invalid {fmt}: an integer longer than {limit} digits", line, column)
-
-
-class _SafeLoader(_Loader):  # type: ignore[misc]  # _Loader is the C loader when libyaml is there
-    """The safe loader; a value its type cannot be built from (`!!int abc`, `2001-02-30`, a 5000-digit
-    integer) is a `ConstructorError` at that value, not a bare ValueError that quotes it."""
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except yaml.YAMLError:
-            raise
-        except Exception as e:  # any conversion error: its text may quote the value
-            raise yaml.constructor.ConstructorError(None, None, _unbuildable(node, e), node.start_mark) from e
-
-
-_STANDARD_TAG = re.compile(r"tag:yaml\.org,2002:(\w+)")
-
-
-def _unbuildable(node: yaml.Node, error: Exception) -> str:
-    if isinstance(error, ValueError) and "int_max_str_digits" in str(error):
-        return f"an integer longer than {_digit_limit()} digits"
-    tag = _STANDARD_TAG.fullmatch(node.tag or "")
-    return f"not a valid !!{tag[1]}" if tag else "a value that cannot be built"
-
-
-def parse_yaml(text: str) -> Parsed:
-    """YAML documents, bounded in depth and alias expansion; raises `ProblemError` like `parse_json`."""
-    try:
-        if _depth_bound(text) > MAX_DEPTH:
-            _check_depth(text)
-        loader = _SafeLoader(text)
-        try:
-            nodes: list[yaml.Node] = []
-            while loader.check_node():
-                nodes.append(loader.get_node())
-            size = _expanded_size(nodes) if "*" in text else 0  # no alias without a '*'
-            if size > MAX_NODES:
-                raise _Problem(f"YAML alias expansion would build {size:,}+ nodes (limit {MAX_NODES:,}): refused")
-            docs = [_construct(loader, node) for node in nodes]
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as e:
-        mark: Any = e.problem_mark if e.problem_mark is not None else e.context_mark
-        line, column = (0, 0) if mark is None else (mark.line + 1, mark.column + 1)
-        raise _Problem(f"invalid YAML: {_yaml_reason(e)}", line, column) from e
-    except yaml.reader.ReaderError as e:
-        # libyaml counts the position in bytes of the UTF-8 text, the pure-Python reader in characters
-        before = text.encode()[: e.position].decode("utf-8", "replace") if _C_YAML else text[: e.position]
-        raise _Problem("invalid YAML: control or other non-printable character", *_position(before)) from e
-    except yaml.YAMLError as e:
-        raise _Problem(f"invalid YAML ({type(e).__name__})") from e
-    return docs, lambda index, path: _yaml_position(nodes, index, path)
-
-
-_C_YAML = _Loader is not yaml.SafeLoader
-
-
-def _construct(loader: Any, node: yaml.Node) -> Any:
-    try:
-        return loader.construct_document(node)
-    except (yaml.YAMLError, _Problem):
-        raise
-    except Exception as e:  # any other construction error, without its text (see _SafeLoader)
-        raise _Problem("invalid YAML: a value in this document cannot be built", node.start_mark.line + 1) from e
-
-
-def _yaml_reason(e: yaml.MarkedYAMLError) -> str:
-    problem = e.problem or e.context or ""
-    if problem.startswith("could not determine a constructor for the tag"):
-        return "unknown tag (only the standard YAML types are read)"
-    if problem == "second occurrence":  # its context names the anchor
-        return "duplicate anchor"
-    return _unquoted(problem) or type(e).__name__
-
-
-# A quoted part of a parser message (Python's repr of a str). Kept when it is an indicator such as
-# '-' or ':' or a token name such as '<block end>'; any other quotes a piece of the input.
-_QUOTED = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\"""")
-_INDICATOR = re.compile(r"""['"](?:[^\w\s'"]{1,3}|<[a-z ]+>)['"]""")
-
-
-def _unquoted(message: str) -> str:
-    """`message` without any quoted piece of the input (pure-Python PyYAML quotes the characters it
-    stopped at; libyaml and the JSON decoder do not, but this is the one place that guarantees it)."""
-    kept = _QUOTED.sub(lambda m: m[0] if _INDICATOR.fullmatch(m[0]) else "", message)
-    return " ".join(kept.replace(" ,", ",").split())
-
-
-_LEADING = re.compile(r"^[ \t?-]*", re.MULTILINE)
-
-
-def _depth_bound(text: str) -> int:
-    """A cheap upper bound on the nesting depth (string scans in C, no parsing).
-
-    A flow level takes one '[' or '{'; two block levels take at least one more character of a line's
-    leading run of spaces, '-' and '?' (a compact sequence can sit at its key's indentation, but what
-    nests in it cannot). Only when this bound is over the limit is the exact, slower scan needed.
-    """
-    flow = text.count("[") + text.count("{")
-    if flow > MAX_DEPTH:
-        return flow
-    lead = max(map(len, _LEADING.findall(text)), default=0)
-    return 2 * lead + flow + 2
-
-
-def _check_depth(text: str) -> None:
-    # Exact, on parser events (a flat stream). It must run before composing: libyaml's composer (the C
-    # loader) recurses once per nesting level without any limit, and a deep enough document crashes
-    # the process with a stack overflow.
-    depth = 0
-    for event in yaml.parse(text, Loader=_Loader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                mark: Any = event.start_mark
-                raise _Problem(f"YAML nesting deeper than {MAX_DEPTH}: refused", mark.line + 1, mark.column + 1)
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-
-
-def _expanded_size(nodes: list[yaml.Node]) -> int:
-    """Nodes the documents would have with every alias copied out, stopping early past the limit."""
-    memo: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in memo:
-            return memo[key]
-        if key in active:
-            mark = node.start_mark
-            raise _Problem("YAML alias refers to itself (recursive structure): refused", mark.line + 1, mark.column + 1)
-        active.add(key)
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            children: Iterable[yaml.Node] = (n for pair in node.value for n in pair)
-        elif isinstance(node, yaml.SequenceNode):
-            children = node.value
-        else:
-            children = ()
-        for child in children:
-            total += size(child)
-            if total > MAX_NODES:
-                break
-        active.discard(key)
-        memo[key] = total
-        return total
-
-    total = 0
-    for node in nodes:
-        total += size(node)
-        if total > MAX_NODES:
-            break
-    return total
-
-
-def _json_position(text: str, path: list[Any]) -> tuple[int, int]:
-    """Where a JSON value is, found on demand (only for schema problems) by composing the text as YAML."""
-    try:
-        return _yaml_position([yaml.compose(text, Loader=_Loader)], 0, path)
-    except (yaml.YAMLError, RecursionError):
-        return 0, 0  # JSON that YAML cannot read (e.g. tabs): the JSON path alone still locates the value
-
-
-def _yaml_position(nodes: Sequence[yaml.Node | None], index: int, path: list[Any]) -> tuple[int, int]:
-    if index >= len(nodes) or nodes[index] is None:
-        return 0, 0
-    node: Any = nodes[index]
-    for part in path:
-        if isinstance(node, yaml.MappingNode):
-            found = next((v for k, v in node.value if str(k.value) == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            found = node.value[part]
-        else:
-            found = None
-        if found is None:
-            break
-        node = found
-    return node.start_mark.line + 1, node.start_mark.column + 1
 
 
 _SCHEMAS: dict[tuple[Path, bytes], dict[str, Any]] = {}

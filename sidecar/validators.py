@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from .problems import Locate, Parsed, Problem, ProblemError
 
 __all__ = [
     "FORMATS",
@@ -26,45 +28,6 @@ __all__ = [
     "parse_validators",
     "schema_paths",
 ]
-
-# (document index, JSON path) -> (line, column) of the value there, (0, 0) when unknown
-Locate = Callable[[int, list[Any]], tuple[int, int]]
-# A file's text -> its documents and how to locate a value in them; raises `ProblemError`.
-Parsed = tuple[list[Any], Locate]
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """Why a file is refused, and where: line and column count from 1 (0 when unknown).
-
-    The message is built from facts of the parser or the schema, never from the file's bytes: refusal
-    reasons reach /status, the logs and the webhook's denial, where a Secret's value must never appear.
-    """
-
-    file: str
-    message: str
-    line: int = 0
-    column: int = 0
-
-    def __str__(self) -> str:
-        """`file:line:column: message`, leaving out what is unknown (the message alone without a file)."""
-        if not self.file:
-            return self.message
-        where = self.file
-        if self.line:
-            where += f":{self.line}" + (f":{self.column}" if self.column else "")
-        return f"{where}: {self.message}"
-
-
-class ProblemError(Exception):
-    """A parser's or a schema's refusal, before it is known which file it is about."""
-
-    def __init__(self, message: str, line: int = 0, column: int = 0) -> None:
-        super().__init__(message)
-        self.message, self.line, self.column = message, line, column
-
-    def at(self, file: str) -> Problem:
-        return Problem(file, self.message, self.line, self.column)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +120,13 @@ KINDS: dict[str, ValidatorKind] = {
 
 
 def _yaml(text: str) -> Parsed:
-    from .validate import parse_yaml  # imported on first use: settings need the words, not PyYAML
+    from .parsers import parse_yaml  # imported on first use: settings need the words, not PyYAML
 
     return parse_yaml(text)
 
 
 def _json(text: str) -> Parsed:
-    from .validate import parse_json
+    from .parsers import parse_json
 
     return parse_json(text)
 

@@ -20,7 +20,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 # Rows whose default the sidecar fills in at run time rather than in `Settings`: name -> what README says.
 RUNTIME_DEFAULTS = {
-    "RELOAD_POD_NAME": "(host name)",  # cli.run falls back to os.uname().nodename
+    "RELOAD_POD_NAME": "(host name)",  # run.serve_sidecar falls back to os.uname().nodename
 }
 
 

@@ -1,7 +1,7 @@
 """The orchestrator's failure paths in process: a real `Reloader` on a real target dir, a scripted fake app.
 
 source/   a kubelet-style volume (tests.kubelet.project)
-target/   the sidecar's own, as cli.run assembles it:
+target/   the sidecar's own, as run.serve_sidecar assembles it:
   ..v-<good>/                 the last good version: what every failure returns to
   ..v-<bad>/                  promoted, failed, deleted right after the rollback
   ..data -> ..v-<good>

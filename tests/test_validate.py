@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.parsers import MAX_DEPTH
 from sidecar.settings import ValidatorSpec
 from sidecar.snapshot import Snapshot
-from sidecar.validate import MAX_DEPTH, Checks, check_parse, run_command, validate
+from sidecar.validate import Checks, check_parse, run_command, validate
 
 AUTO = (ValidatorSpec("auto"),)
 PY = sys.executable
@@ -363,7 +364,7 @@ def test_pure_python_pyyaml_messages_lose_what_they_quote(text: str) -> None:
     """Without libyaml, PyYAML quotes the input in its messages (`found undefined alias 'x'`): the reason drops it."""
     import yaml
 
-    from sidecar.validate import _yaml_reason
+    from sidecar.parsers import _yaml_reason
 
     with pytest.raises(yaml.MarkedYAMLError) as info:
         yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - the safe loader, pure-Python on purpose
@@ -376,7 +377,7 @@ def test_parser_indicators_stay_in_the_reason() -> None:
     """Quoted indicators and token names are kept: `did not find expected '-' indicator` stays useful."""
     import yaml
 
-    from sidecar.validate import _yaml_reason
+    from sidecar.parsers import _yaml_reason
 
     with pytest.raises(yaml.MarkedYAMLError) as info:
         yaml.load("key: value\nlist:\n  - a\n  b: c\n", Loader=yaml.SafeLoader)  # noqa: S506

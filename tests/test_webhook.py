@@ -75,7 +75,7 @@ async def test_internal_error_is_a_500_logged_and_counted(monkeypatch: pytest.Mo
     async def broken(*args: object) -> webhook.Decision:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(webhook, "decide", broken)
+    monkeypatch.setattr(webhook.server, "decide", broken)  # the name the handler calls
     hook = webhook.Webhook({}, tls=None)  # type: ignore[arg-type]  # no TLS needed in-process
     async with TestClient(TestServer(webhook.make_app(hook))) as client:
         with capture_logs() as logs:

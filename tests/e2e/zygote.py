@@ -17,7 +17,7 @@ import sys
 _ZYGOTE = r"""
 import os, signal, sys
 import aiohttp, structlog, yaml, prometheus_client, watchfiles
-import sidecar.cli, sidecar.reloader, sidecar.server
+import sidecar.cli, sidecar.reloader, sidecar.run, sidecar.server
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
 for line in sys.stdin:
     pid = os.fork()

@@ -1,21 +1,10 @@
-"""`reload-sidecar webhook`: a ValidatingWebhook that refuses a bad ConfigMap before the API server stores it.
-
-The API server POSTs an `admission.k8s.io/v1` AdmissionReview to `/validate`. A ConfigMap annotated
-`reload-sidecar/profile: <name>` is run, on CREATE and UPDATE, through that profile's checks: the same
-`validate()` the sidecar runs on a new version (parse, schema, the app's own checker on a private staged
-copy), on a `Snapshot` built from the ConfigMap's `data` and `binaryData` with the sidecar's own size and
-file-count limits. Anything else is let through. An UPDATE that drops or changes the annotation is judged
-under the old object's profile too: removing the annotation must not switch the check off.
+"""One AdmissionReview: parsing, the deadline it must be answered by, the checker queue, the decision.
 
 Deadlines: the API server calls `/validate?timeout=10s` and gives up after that. Each review's answer is
 due a margin before that, counted from the request's arrival; waiting for one of the validation slots,
 staging and the checkers all spend from it, and a checker still running when it runs out is killed and
 the review denied saying so. A review that gets no slot in time, or finds the queue full, is answered
 503 and the API server applies its failurePolicy. A client that disconnects cancels its review.
-
-TLS: the certificate and key are re-read when either file changes (cert-manager renews them in place);
-every new handshake checks, through the SNI callback, and is served by the newest good pair. The
-listening socket and the connections already open are never touched.
 """
 
 from __future__ import annotations
@@ -24,62 +13,43 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import json
 import math
 import os
 import re
-import shutil
-import signal
-import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import structlog
-import yaml
-from aiohttp import web
-from aiohttp.typedefs import Handler
 from multidict import MultiMapping
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from .settings import Settings, SettingsError, parse_command, parse_env_names, parse_validators
-from .snapshot import Snapshot, snapshot_of
-from .validate import Checks, validate
+from ..snapshot import Snapshot, snapshot_of
+from ..validate import validate
+from .profiles import Profile
+from .tls import TlsFiles
 
 __all__ = [
     "ANNOTATION",
-    "MAX_BODY_BYTES",
+    "MAX_CALLER_TIMEOUT_S",
     "OUTCOMES",
+    "QUEUE_LENGTH",
     "BadReview",
     "Deadline",
     "Decision",
-    "Profile",
     "Review",
-    "TlsFiles",
+    "Unjudged",
     "Webhook",
+    "WebhookMetrics",
     "configmap_files",
-    "load_profiles",
-    "load_webhook",
-    "make_app",
+    "decide",
     "parse_go_duration",
     "parse_review",
-    "run_webhook",
 ]
-
-log = structlog.get_logger("webhook")
 
 #: The annotation that opts a ConfigMap in and names its profile.
 ANNOTATION = "reload-sidecar/profile"
-#: A ConfigMap is at most 1 MiB, but an UPDATE carries `object` and `oldObject`, and `binaryData` is
-#: base64 in JSON (4/3): 8 MiB leaves room for both plus metadata. Bigger bodies are answered 413.
-MAX_BODY_BYTES = 8 << 20
 #: kubectl prints `status.message` on one line after "denied the request: ": keep it readable.
 MESSAGE_CHARS = 1000
-#: The API server gives a webhook at most 30 s (`timeoutSeconds`, default 10): a profile must finish first.
-MAX_TIMEOUT_S = 29.0
-DEFAULT_TIMEOUT_S = 5.0
 # Checker commands run at once (a slot each); they are processes, so a few per core keeps every CPU busy.
 # Reviews without a command (parse, schema) need no slot: a slow checker cannot hold them up.
 _CONCURRENCY = max(4, 2 * (os.cpu_count() or 1))
@@ -95,9 +65,7 @@ _THREADED_KEYS = 64
 # Key problems listed in a denial (a crafted ConfigMap can have 100,000 bad keys).
 _MAX_KEY_PROBLEMS = 20
 # Bodies above this are decoded in a worker thread so a big review does not stall the others.
-_THREADED_JSON_BYTES = 64 * 1024
 _KEY = re.compile(r"[-._a-zA-Z0-9]+")
-_PROFILE_FIELDS = frozenset({"validate", "command", "timeout_s", "env"})
 
 
 #: `reload_sidecar_webhook_answers_total{outcome}`: the first two are plain verdicts; `checker_deadline` is
@@ -126,14 +94,6 @@ class Unjudged(Exception):
     def __init__(self, outcome: str, reason: str) -> None:
         super().__init__(reason)
         self.outcome, self.reason = outcome, reason
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """One entry of the profiles file: the checks a ConfigMap naming it must pass."""
-
-    name: str
-    checks: Checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,138 +133,6 @@ class Decision:
         if self.warnings:
             resp["warnings"] = list(self.warnings)
         return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp}
-
-
-# --------------------------------------------------------------------------- start-up
-
-
-def load_profiles(path: Path) -> dict[str, Profile]:
-    """Parse the profiles file (format in DESIGN.md); one `SettingsError` lists every problem in it.
-
-    `validate` takes the words of `RELOAD_VALIDATE` (a list or a comma string; a relative `schema:` path
-    is relative to the profiles file), `command` follows the rules of `RELOAD_VALIDATE_COMMAND` and its
-    program must exist here, `timeout_s` defaults to 5 and must stay under the API server's 30 s.
-    """
-    where = f"RELOAD_WEBHOOK_PROFILES={str(path)!r}"
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise SettingsError([f"{where}: cannot read: {e}"]) from e
-    except yaml.YAMLError as e:
-        raise SettingsError([f"{where}: invalid YAML: {e}"]) from e
-    if not isinstance(doc, dict) or set(doc) != {"profiles"} or not isinstance(doc["profiles"], dict):
-        raise SettingsError([f"{where}: expected a mapping with one key, profiles: {{name: {{validate: [auto]}}}}"])
-    if not doc["profiles"]:
-        raise SettingsError([f"{where}: no profiles defined"])
-    problems: list[str] = []
-    profiles: dict[str, Profile] = {}
-    for name, body in doc["profiles"].items():
-        try:
-            profiles[str(name)] = _profile(str(name), body, path.parent)
-        except ValueError as e:
-            problems.append(f"{where}: profiles.{name}: {e}")
-    if problems:
-        raise SettingsError(problems)
-    return profiles
-
-
-def _profile(name: str, body: object, base: Path) -> Profile:
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise ValueError("expected a mapping with validate, command, timeout_s")
-    if unknown := set(body) - _PROFILE_FIELDS:
-        raise ValueError(
-            f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; expected {', '.join(_PROFILE_FIELDS)}"
-        )
-    words = body.get("validate", "auto")
-    if isinstance(words, list) and all(isinstance(w, str) for w in words):
-        words = ",".join(words)
-    if not isinstance(words, str) or not words.strip():
-        raise ValueError(f"validate: expected a list of words such as [auto], got {words!r}")
-    try:
-        validators = parse_validators(words, base=base)
-    except ValueError as e:
-        raise ValueError(f"validate: {e}") from None
-    command = body.get("command") or ""
-    if not isinstance(command, str):
-        raise ValueError(f"command: expected a string such as 'nginx -t -c {{dir}}/nginx.conf', got {command!r}")
-    try:
-        argv = parse_command(command)
-    except ValueError as e:
-        raise ValueError(f"command {command!r} {e}") from None
-    if argv and shutil.which(argv[0]) is None:
-        raise ValueError(f"command: {argv[0]!r} not found on PATH (the checker must be in the webhook's image)")
-    timeout = body.get("timeout_s", DEFAULT_TIMEOUT_S)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.1 <= timeout <= MAX_TIMEOUT_S:
-        raise ValueError(f"timeout_s: expected seconds in [0.1, {MAX_TIMEOUT_S:g}], got {timeout!r}")
-    return Profile(name, Checks(validators, argv, float(timeout), env=_env_names(body.get("env") or [])))
-
-
-def _env_names(env: object) -> tuple[str, ...]:
-    """A profile's `env`: names of the webhook's variables its checker gets (it gets no others)."""
-    if not isinstance(env, list) or not all(isinstance(n, str) for n in env):
-        raise ValueError(f"env: expected a list of environment variable names such as [HTTPS_PROXY], got {env!r}")
-    try:
-        return parse_env_names(",".join(env))
-    except ValueError as e:
-        raise ValueError(f"env: {e}") from None
-
-
-class TlsFiles:
-    """The certificate and key files, served as the newest pair that loads.
-
-    `server_context` is what the server listens with; its SNI callback runs on every client hello (with
-    or without SNI) and points the connection at the current context, re-reading both files first if
-    either one's identity, size or mtime changed. A pair that does not load (a cert written before its
-    key) keeps the previous one in service until a file changes again.
-    """
-
-    def __init__(self, cert: Path, key: Path) -> None:
-        self.cert, self.key = cert, key
-        self._seen = self._stat()
-        self.server_context = self._load()
-        self.server_context.sni_callback = self._on_client_hello
-        self._current = self.server_context
-        self.reloads = 0
-
-    def _stat(self) -> tuple[int, ...]:
-        out: list[int] = []
-        for path in (self.cert, self.key):
-            st = os.stat(path)  # follows the kubelet's ..data symlinks: a swap changes the inode
-            out += [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-        return tuple(out)
-
-    def _load(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(self.cert, self.key)
-        return ctx
-
-    def current(self) -> ssl.SSLContext:
-        """The context for a new connection, reloaded first if the files changed since the last look."""
-        try:
-            seen = self._stat()
-        except OSError:
-            return self._current  # a file is missing for a moment (mid-swap): keep the last good pair
-        if seen != self._seen:
-            self._seen = seen
-            try:
-                self._current = self._load()
-            except (OSError, ssl.SSLError) as e:
-                log.warning("tls_reload_failed", cert=str(self.cert), key=str(self.key), error=str(e))
-            else:
-                self.reloads += 1
-                log.info("tls_reloaded", cert=str(self.cert), reloads=self.reloads)
-        return self._current
-
-    def _on_client_hello(self, conn: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
-        try:
-            ctx = self.current()
-            if ctx is not context:
-                conn.context = ctx
-        except Exception as e:  # an exception here would only abort this handshake: log it and carry on
-            log.error("tls_callback_failed", error=repr(e))
 
 
 class WebhookMetrics:
@@ -353,34 +181,6 @@ class Webhook:
 
     def count(self, outcome: str) -> None:
         self.metrics.by_outcome[outcome].inc()
-
-
-def load_webhook(settings: Settings) -> Webhook:
-    """Profiles and TLS files from the settings; one `SettingsError` lists every problem (exit 2)."""
-    problems: list[str] = []
-    for name, value in (
-        ("RELOAD_WEBHOOK_CERT", settings.webhook_cert),
-        ("RELOAD_WEBHOOK_KEY", settings.webhook_key),
-        ("RELOAD_WEBHOOK_PROFILES", settings.webhook_profiles),
-    ):
-        if value is None:
-            problems.append(f"{name} is required by the webhook command (a file path)")
-    profiles: dict[str, Profile] = {}
-    if settings.webhook_profiles is not None:
-        try:
-            profiles = load_profiles(settings.webhook_profiles)
-        except SettingsError as e:
-            problems += e.problems
-    tls: TlsFiles | None = None
-    if settings.webhook_cert is not None and settings.webhook_key is not None:
-        try:
-            tls = TlsFiles(settings.webhook_cert, settings.webhook_key)
-        except (OSError, ssl.SSLError) as e:
-            cert, key = str(settings.webhook_cert), str(settings.webhook_key)
-            problems.append(f"RELOAD_WEBHOOK_CERT={cert!r}, RELOAD_WEBHOOK_KEY={key!r}: cannot load the pair: {e}")
-    if problems or tls is None:
-        raise SettingsError(problems)
-    return Webhook(profiles, tls, settings.max_file_bytes, settings.max_total_bytes)
 
 
 # --------------------------------------------------------------------------- deadlines
@@ -670,161 +470,3 @@ async def _judge(hook: Webhook, names: list[str], snap: Snapshot, deadline: Dead
         if caller_limits and reason != verdict.reason:
             return reasons, True
     return reasons, False
-
-
-# --------------------------------------------------------------------------- server
-
-HOOK = web.AppKey("hook", Webhook)
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[HOOK].metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _validate(request: web.Request) -> web.Response:
-    hook = request.app[HOOK]
-    deadline = Deadline.of(request.query, asyncio.get_running_loop().time())
-    if hook.in_flight >= hook.concurrency + hook.queue_length:
-        # Refused before reading the body: a flood costs no memory.
-        raise Unjudged(
-            "queue_full",
-            f"{hook.in_flight} reviews in progress ({hook.concurrency} checked at once, "
-            f"{hook.queue_length} waiting at most); try again",
-        )
-    hook.in_flight += 1
-    try:
-        return await _review(request, hook, deadline)
-    finally:
-        hook.in_flight -= 1
-
-
-async def _review(request: web.Request, hook: Webhook, deadline: Deadline) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        # Refused on the header alone, before reading a byte of it.
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
-    try:
-        if request.content.is_eof():  # all there already (a small body comes with the headers)
-            body = await request.read()
-        else:
-            async with asyncio.timeout_at(deadline.at):
-                body = await request.read()  # a chunked body past client_max_size raises 413 here
-    except TimeoutError:  # a client that sends headers and then stalls must not hold its place for long
-        raise BadReview(f"the body did not arrive within {deadline.describe()}") from None
-    start = time.perf_counter()
-    try:
-        doc = json.loads(body) if len(body) < _THREADED_JSON_BYTES else await asyncio.to_thread(json.loads, body)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise BadReview(f"body is not JSON: {e}") from None
-    review = parse_review(doc)
-    decision = await decide(hook, review, deadline)
-    hook.count(decision.outcome)
-    # A denial because time ran out is not a verdict on the content: a warning, like the other non-plain answers.
-    emit = log.warning if decision.timed_out else log.info
-    emit(
-        "review",
-        uid=review.uid,
-        operation=review.operation,
-        namespace=review.namespace,
-        name=review.name,
-        profile=decision.profile,
-        version=decision.version,
-        allowed=decision.allowed,
-        outcome=decision.outcome,
-        reason=decision.message or None,
-        timeout=deadline.given,
-        ms=round((time.perf_counter() - start) * 1000, 1),
-    )
-    return web.json_response(decision.response(review.uid))
-
-
-_HTTP_OUTCOMES = {413: "too_large"}
-
-
-@web.middleware
-async def _account(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer to /validate that is not a verdict is logged with its reason and counted by outcome."""
-    if request.path != "/validate":
-        return await handler(request)
-    hook = request.app[HOOK]
-    outcome, status, reason = "", 0, ""
-    try:
-        return await handler(request)
-    except BadReview as e:
-        outcome, status, reason = "bad_request", 400, str(e)
-        return web.Response(status=400, text=reason + "\n")
-    except Unjudged as e:
-        outcome, status, reason = e.outcome, 503, e.reason
-        return _status(503, "ServiceUnavailable", reason)
-    except web.HTTPException as e:  # 413, 405 from aiohttp itself
-        outcome, status, reason = _HTTP_OUTCOMES.get(e.status, "bad_request"), e.status, e.text or e.reason
-        raise
-    except asyncio.CancelledError:  # the client closed the connection (handler_cancellation) or shutdown
-        outcome, reason = "cancelled", "the client went away before the answer; its checkers were stopped"
-        raise
-    except ConnectionError:  # the same, noticed first while its body was being read
-        outcome, reason = "cancelled", "the client went away while sending the review"
-        return web.Response(status=400)
-    except Exception as e:
-        outcome, status, reason = "error", 500, f"internal error: {e!r}"
-        log.error("review_failed", exc_info=True)
-        return web.Response(status=500, text=reason + "\n")
-    finally:
-        if outcome:
-            hook.count(outcome)
-            log.warning("review_not_judged", outcome=outcome, status=status or None, reason=reason[:300])
-
-
-def _status(code: int, why: str, message: str) -> web.Response:
-    """An error answer as a `metav1.Status` (the API server's client reads `message` from it)."""
-    body = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "message": message, "reason": why, "code": code}
-    return web.json_response(body, status=code)
-
-
-def make_app(hook: Webhook) -> web.Application:
-    """The webhook's routes: `POST /validate`, `GET /healthz`, `GET /metrics`."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_account])
-    app[HOOK] = hook
-    app.router.add_post("/validate", _validate)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics)
-    return app
-
-
-async def run_webhook(settings: Settings, hook: Webhook) -> int:
-    """Serve HTTPS until SIGTERM/SIGINT, then let in-flight reviews finish (bounded) and exit 0."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    host, port = settings.webhook_listen
-    # handler_cancellation: a client that disconnects cancels its review, which kills its checker.
-    runner = web.AppRunner(make_app(hook), access_log=None, handle_signals=False, handler_cancellation=True)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, ssl_context=hook.tls.server_context, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as e:
-            log.error("listen_failed", host=host, port=port, error=str(e))
-            return 1
-        log.info(
-            "webhook_listening",
-            host=host,
-            port=int(runner.addresses[0][1]),
-            profiles=sorted(hook.profiles),
-            concurrency=hook.concurrency,
-            queue_length=hook.queue_length,
-        )
-        await stop.wait()
-        log.info("stopping")
-    finally:
-        try:
-            await asyncio.wait_for(runner.cleanup(), 10)
-        except TimeoutError:
-            log.warning("server_cleanup_timeout")
-    log.info("stopped")
-    return 0
