@@ -239,7 +239,12 @@ def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> int
     final_files = soak.payload("final-good")
     final = soak.swap(final_files)
     soak.sample(t0)
-    return report(soak, i, final, ngx, metrics(car.port))
+    status = report(soak, i, final, ngx, metrics(car.port))
+    if args.keep_log:
+        shutil.copy(car.log_path, args.keep_log)
+        events = collections.Counter(e["event"] for e in car.log.poll() if e.get("level") in ("warning", "error"))
+        print("warnings and errors logged:", dict(events.most_common()))
+    return status
 
 
 def report(soak: Soak, steps: int, final: str, ngx: Any, m: dict[str, float]) -> int:
@@ -277,6 +282,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep-log", type=Path, help="copy the sidecar's JSON log here at the end")
     # The README's sizing: (RELOAD_HISTORY + 2) versions of RELOAD_MAX_TOTAL_BYTES, plus 1 MiB of slack.
     ap.add_argument("--tmpfs-mib", type=float, default=(HISTORY + 2) * MAX_TOTAL / 2**20 + 1)
     args = ap.parse_args()
