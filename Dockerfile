@@ -6,9 +6,10 @@
 # without a wheel for the platform would need; none of it reaches the final image.
 FROM python:3.11-bookworm AS wheels
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY sidecar ./sidecar
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# constraints.txt: the dependency versions the tests ran with, not whatever is newest on the day of the build.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
 # Stage 2: the same Python, slim, with the wheels installed and nothing to build them.
 FROM python:3.11-slim-bookworm

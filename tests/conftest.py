@@ -5,10 +5,22 @@ from __future__ import annotations
 import compileall
 from pathlib import Path
 
+import pytest
+
 import sidecar
+
+_E2E_DIR = Path(__file__).parent / "e2e"
 
 
 def pytest_sessionstart() -> None:
     # Tests start the sidecar as a process hundreds of times; with PYTHONDONTWRITEBYTECODE set (as on CI
     # machines) each start would recompile the package. Bytecode written once keeps starts realistic.
     compileall.compile_dir(Path(sidecar.__file__).parent, quiet=1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Everything under tests/e2e/ starts real processes: marked here, so no file can forget the marker and
+    # `-m "not e2e"` is the fast in-process run.
+    for item in items:
+        if item.path.is_relative_to(_E2E_DIR):
+            item.add_marker(pytest.mark.e2e)

@@ -33,6 +33,10 @@ from sidecar.validate import Checks, validate
 from tests.e2e.apps import nginx_bin
 from tests.tmpfs import tmpfs
 
+# Hostile checker processes that burn CPU and memory up to their limits: with the end-to-end tests, not in the
+# fast in-process run (`-m "not e2e"`).
+pytestmark = pytest.mark.e2e
+
 PY = sys.executable
 SYSTEM_PY = "/usr/bin/python3"  # world-executable, unlike a Python under /root
 GOOD = {"app.conf": b"ok\n"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -14,7 +13,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.metrics import Metrics
-from sidecar.server import Api, make_app, start_server
+from sidecar.server import IDLE, Api, make_app, start_server
 from sidecar.state import State
 
 CONTRACT = {
@@ -142,22 +141,37 @@ async def test_idle_connections_are_closed() -> None:
             writer.close()
 
 
-async def test_kept_alive_connection_outlives_the_idle_timeout_while_used() -> None:
-    """A client polling more often than the idle timeout keeps one connection for longer than the timeout."""
-    async with _serving(Box(), idle_timeout_s=2.0) as (port, runner):
+async def test_kept_alive_connection_outlives_the_idle_timeout_while_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client polling more often than the idle timeout keeps one connection for longer than the timeout.
+
+    The event loop's clock is moved forward by hand (by 6 s between requests, against a 10 s timeout), so the
+    test asserts what each sweep does instead of racing real time on a busy machine.
+    """
+    loop = asyncio.get_running_loop()
+    real_time, ahead = loop.time, [0.0]
+    monkeypatch.setattr(loop, "time", lambda: real_time() + ahead[0])
+    async with _serving(Box(), idle_timeout_s=10.0) as (port, runner):
+        assert runner.server is not None
+        closer = runner.app[IDLE]
+
+        def sweep_after(seconds: float) -> int:
+            ahead[0] += seconds
+            return closer.sweep(runner.server.connections if runner.server else [])
+
         conn = await asyncio.open_connection("127.0.0.1", port)
-        start = time.monotonic()
-        for _ in range(10):  # one request every 0.4 s: the connection lives twice the timeout
+        for _ in range(10):  # a request every 6 s: the connection lives 60 s, six times the timeout
             assert await _ask(conn, "/status") == 200
-            await asyncio.sleep(0.4)
-        assert time.monotonic() - start > 2 * 2.0
-        assert runner.server is not None and len(runner.server.connections) == 1
-        # An aiohttp client (how peers poll /status) reuses its pooled connection between polls too.
+            assert sweep_after(6.0) == 0
+        assert len(runner.server.connections) == 1
+        # An aiohttp client (how peers poll /status) reuses its pooled connection between polls too
+        # (it keeps one for 15 s).
         async with aiohttp.ClientSession() as session:
             for _ in range(3):
                 async with session.get(f"http://127.0.0.1:{port}/status") as resp:
                     assert resp.status == 200
-                await asyncio.sleep(0.4)
+                assert await _ask(conn, "/status") == 200
+                assert sweep_after(6.0) == 0
             assert len(runner.server.connections) == 2
+            assert sweep_after(10.0) == 2  # both unused for the whole timeout: closed
         assert await _closed_by_server(conn, 30)
         conn[1].close()

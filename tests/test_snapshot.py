@@ -264,7 +264,7 @@ def test_unlistable_directory_is_a_problem(tmp_path: Path) -> None:
     assert out.stdout.strip() == "('sub: cannot list directory: Permission denied',)", out.stderr
 
 
-@pytest.mark.timeout(5)
+@pytest.mark.timeout(30)  # a read that blocks on the FIFO never returns: this timeout is the failure
 def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     """A FIFO (directly or behind a symlink) is a problem, and reading the volume never blocks on it."""
     volume = _write(tmp_path / "volume", {"a.yaml": "a: 1"})
@@ -272,7 +272,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     os.symlink("pipe", volume / "cfg.yaml")
     start = time.monotonic()
     snap = read_snapshot(volume)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 10
     assert sorted(snap.problems) == [
         "cfg.yaml: FIFO, not a regular file; refused",
         "pipe: FIFO, not a regular file; refused",

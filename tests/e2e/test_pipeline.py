@@ -6,6 +6,7 @@ target/  (the sidecar's: ..v-<hash> dirs, ..data, top-level links; what the "app
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -55,7 +56,11 @@ def test_good_swap_is_promoted_then_the_app_is_told(tmp_path: Path) -> None:
 
 
 def test_storm_of_50_swaps_ends_in_at_most_two_reloads_with_the_last_version(tmp_path: Path) -> None:
-    """50 swaps within 1 s (default debounce) -> at most 2 reload POSTs and the last version live."""
+    """50 swaps within 1 s (debounce 200 ms) -> at most 2 reload POSTs and the last version live.
+
+    On a busy machine the swaps may come slower than planned: each pause as long as the debounce, and each
+    max wait (2 s) the storm outlasts, may end a burst early, so each allows one more reload.
+    """
     volume, target = tmp_path / "volume", tmp_path / "target"
     project(volume, GOOD1)
     with serving(always(200), on_reload=reader(target / "app.yaml")) as app:
@@ -64,15 +69,17 @@ def test_storm_of_50_swaps_ends_in_at_most_two_reloads_with_the_last_version(tmp
         ) as car:
             car.wait_current()
             start = time.monotonic()
-            last = ""
+            last, swaps = "", []
             for i in range(50):
                 last = f"version: storm-{i}\n"
                 project(volume, {"app.yaml": last})
+                swaps.append(time.monotonic())
                 time.sleep(max(0.0, start + (i + 1) / 50 - time.monotonic()))
-            assert time.monotonic() - start < 1.5
+            pauses = sum(b - a >= 0.2 for a, b in itertools.pairwise(swaps))
+            max_waits = int((swaps[-1] - swaps[0]) // 2.0)
             wait_for(lambda: app.loaded and app.loaded[-1] == last, 10, what="last storm version reloaded")
             time.sleep(1.0)  # anything still in flight would show up now
-            assert 1 <= app.count() <= 2, app.loaded
+            assert 1 <= app.count() <= 2 + pauses + max_waits, (app.loaded, pauses, max_waits)
             assert live_files(target) == {"app.yaml": last.encode()}
 
 

@@ -197,7 +197,9 @@ def test_hanging_checker_killed_and_denied_at_profile_timeout(hook: Webhook) -> 
     start = time.monotonic()
     resp = hook.review(review("hang", profile="hang", data={"a.yaml": "a: 1\n"}))
     elapsed = time.monotonic() - start
-    assert HANG_TIMEOUT_S * 0.9 <= elapsed < HANG_TIMEOUT_S + 1.0, elapsed
+    # Never before the timeout; after it, the kill and the HTTPS answer take what a busy machine gives them
+    # (the message below says which limit applied).
+    assert HANG_TIMEOUT_S * 0.9 <= elapsed < HANG_TIMEOUT_S + 8.0, elapsed
     assert resp["allowed"] is False
     message = resp["status"]["message"]
     assert "did not finish within 1 s (profile 'hang' timeout_s); killed" in message, message
