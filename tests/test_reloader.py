@@ -400,3 +400,61 @@ async def test_damage_that_cannot_be_repaired_is_not_ready(tmp_path: Path, sessi
     shutil.rmtree(rig.target / DATA)
     await rig.reloader.pass_once()
     assert (st.ready, st.phase) == (True, "idle") and current_version(rig.target) == good
+
+
+@dataclass
+class FleetGate:
+    """A fake fleet behind the `Gate` protocol: `held` versions are reported failed by a peer."""
+
+    held: set[str] = field(default_factory=set)
+    asked: list[str] = field(default_factory=list)
+
+    async def wait(self, version: str) -> str:
+        self.asked.append(version)
+        return "held" if version in self.held else "go"
+
+    async def admit_first(self, version: str) -> str:
+        return await self.wait(version)
+
+    def delay(self, version: str) -> float:
+        return 0.0
+
+
+async def test_a_version_the_fleet_holds_is_never_promoted(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """The gate answers "held" (a peer reported the version failed): the last good version stays live, the
+    app is not told, the version is held (and skipped by later passes) and the next version is taken."""
+    rig = _rig(tmp_path, session)
+    gate = FleetGate()
+    rig.reloader.gate = gate
+    good = await _started(rig)
+    gate.held.add(read_snapshot_of(BAD))
+    bad = await rig.apply(BAD)
+    st = rig.state
+    assert current_version(rig.target) == good and rig.app.asked == [] and not version_dir(rig.target, bad).exists()
+    assert (st.phase, st.ready, bad in st.held, st.versions[bad][0]) == ("held", True, True, "held")
+    assert rig.metric("reload_sidecar_held_total") == 1
+    await rig.reloader.pass_once()  # a resync: the held version is not asked about again
+    assert gate.asked == [good, bad]  # good at start-up (admit_first), bad once
+    fixed = await rig.apply(FIXED)
+    assert current_version(rig.target) == fixed and st.last_good == fixed and rig.app.asked == [fixed]
+
+
+async def test_a_starting_pod_never_starts_on_a_held_version(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """At start-up the fleet holds the source's version: nothing is promoted and /readyz says why (the app
+    waits); the next version is promoted as the first one, with nobody to signal."""
+    rig = _rig(tmp_path, session)
+    rig.reloader.gate = FleetGate(held={read_snapshot_of(BAD)})
+    rig.reloader.recover()
+    bad = await rig.apply(BAD)
+    st = rig.state
+    assert current_version(rig.target) is None and not st.ready and bad in st.ready_reason
+    assert "held by the fleet" in st.ready_reason
+    good = await rig.apply(GOOD)
+    assert current_version(rig.target) == good and st.ready and rig.app.asked == []
+
+
+def read_snapshot_of(files: dict[str, bytes]) -> str:
+    """The version hash the sidecar computes for `files` (the same function reads the source)."""
+    from sidecar.snapshot import snapshot_of
+
+    return snapshot_of(files, max_file_bytes=1 << 20, max_total_bytes=4 << 20).version
