@@ -154,6 +154,8 @@ class Reloader:
         if self.state.last_good and not _promote.version_dir(target, self.state.last_good).is_dir():
             self.state.last_good = None
         self._unstarted = self.state.current is None
+        # A life killed between a promotion and its commit left versions the history no longer wants.
+        self._prune(self.s.history)
         if self.state.current is not None and self.state.current == self.state.last_good:
             self._set_ready(True)
         self.metrics.set_version(self.state.current)

@@ -29,10 +29,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.metrics import Metrics
-from sidecar.promote import DATA, current_version, version_dir
+from sidecar.promote import DATA, current_version, promote, version_dir
 from sidecar.reloader import Reloader
 from sidecar.settings import Settings
-from sidecar.snapshot import read_snapshot
+from sidecar.snapshot import read_snapshot, snapshot_of
 from sidecar.stagger import NoGate
 from sidecar.state import STATE_FILE, State
 from sidecar.trigger import TriggerError
@@ -455,6 +455,22 @@ async def test_a_starting_pod_never_starts_on_a_held_version(tmp_path: Path, ses
 
 def read_snapshot_of(files: dict[str, bytes]) -> str:
     """The version hash the sidecar computes for `files` (the same function reads the source)."""
-    from sidecar.snapshot import snapshot_of
-
     return snapshot_of(files, max_file_bytes=1 << 20, max_total_bytes=4 << 20).version
+
+
+async def test_start_up_prunes_what_a_killed_life_left(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """Versions promoted by a sidecar killed before it pruned are trimmed to RELOAD_HISTORY at start-up,
+    never the live or the last good one (the first pass may have nothing to commit, so nothing to prune)."""
+    rig = _rig(tmp_path, session)
+    good = await _started(rig)
+    for n in range(10):  # promoted and never pruned, as by lives killed right after the swap
+        snap = snapshot_of(
+            {"app.yaml": f"version: {n + 10}\n".encode()}, max_file_bytes=1 << 20, max_total_bytes=1 << 20
+        )
+        promote(snap, rig.target)
+    live = current_version(rig.target)
+    again = Reloader(rig.reloader.s, State(pod="t"), Metrics(), rig.app, NoGate(), session)
+    again.recover()
+    left = sorted(p.name for p in rig.target.iterdir() if p.name.startswith("..v-"))
+    assert len(left) == rig.reloader.s.history + 2, left  # history + the live one + the last good one
+    assert f"..v-{live}" in left and f"..v-{good}" in left
