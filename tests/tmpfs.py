@@ -24,7 +24,7 @@ FILLER = "..filler"  # a `..` name: never one of the app's links, never one of t
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """`path` with a fresh tmpfs of `size` (mount(8) syntax, e.g. "2m") mounted on it."""
     if os.geteuid() != 0:
-        raise PermissionError("mounting a tmpfs needs root (CAP_SYS_ADMIN); see README, 'Tests'")
+        raise PermissionError("mounting a tmpfs needs root (CAP_SYS_ADMIN); see README, 'Set-up'")
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],

@@ -27,7 +27,7 @@ def _ip(*args: str) -> None:
 def pod_network(n: int) -> Iterator[list[tuple[str, str]]]:
     """`n` (netns name, pod IP) pairs, removed afterwards."""
     if os.geteuid() != 0:
-        raise PermissionError("network namespaces need root (CAP_NET_ADMIN); see README, 'Tests'")
+        raise PermissionError("network namespaces need root (CAP_NET_ADMIN); see README, 'Set-up'")
     tag = secrets.token_hex(2)
     subnet = f"10.213.{int(tag, 16) % 250}"
     bridge = f"rs{tag}"
