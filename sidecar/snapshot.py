@@ -67,7 +67,13 @@ def read_snapshot(
     for _ in range(5):
         try:
             root = _resolve_root(source)
-            return _read(root, source, include, exclude, max_file_bytes, max_total_bytes)
+            snap = _read(root, source, include, exclude, max_file_bytes, max_total_bytes)
+            # The kubelet deletes a version dir only after swapping `..data` away from it: if `..data` still
+            # points here, nothing was deleted under the reader. Otherwise the listing may have missed files
+            # already removed, with no error to show for it: read the new version instead.
+            if _resolve_root(source) != root:
+                continue
+            return snap
         except _Vanished:
             continue
     raise SourceError(f"{source}: the volume kept changing while being read, or ..data points to nothing")

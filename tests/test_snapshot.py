@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar import snapshot
 from sidecar.snapshot import Snapshot, SourceError, read_snapshot
 from tests.kubelet import project
 
@@ -361,3 +362,27 @@ def test_empty_directory_gives_an_empty_snapshot(tmp_path: Path) -> None:
     snap = read_snapshot(tmp_path)
     assert isinstance(snap, Snapshot)
     assert (snap.files, snap.problems) == ({}, ())
+
+
+def test_a_version_half_deleted_under_the_reader_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet swaps `..data` and deletes the old version dir while it is being listed: the listing
+    returns the files not yet deleted, with no error. The reader sees `..data` moved and reads the new
+    version instead of taking a version with files missing (the crash test once saw 13 of 20 files live)."""
+    volume = tmp_path / "volume"
+    old = {f"f{i:02}.yaml": f"id: 1\nfile: {i}\n".encode() for i in range(20)}
+    new = {f"f{i:02}.yaml": f"id: 2\nfile: {i}\n".encode() for i in range(20)}
+    project(volume, old)
+    real_walk = snapshot._walk
+    swapped: list[Path] = []
+
+    def walk_during_a_swap(root: Path, vol: Path, problems: list[str]) -> list[tuple[str, Path]]:
+        if not swapped:
+            swapped.append(root)
+            project(volume, new)  # swaps ..data, then deletes the old version dir
+            root.mkdir()  # ... caught half way: 13 of its 20 files still there
+            for name in sorted(old)[:13]:
+                (root / name).write_bytes(old[name])
+        return real_walk(root, vol, problems)
+
+    monkeypatch.setattr(snapshot, "_walk", walk_during_a_swap)
+    assert read_snapshot(volume).files == new
