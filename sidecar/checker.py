@@ -29,6 +29,9 @@ from pathlib import Path
 
 import structlog
 
+from .procfs import ProcStat as _Proc
+from .procfs import read_stat
+
 __all__ = ["COOKIE", "LIMITS", "Limits", "StagingError", "remove_tree", "run_command", "stage_files"]
 
 log = structlog.get_logger("checker")
@@ -429,16 +432,6 @@ def _size(n: int) -> str:
 # --------------------------------------------------------------------------- process tracking
 
 
-@dataclass(frozen=True, slots=True)
-class _Proc:
-    pid: int
-    ppid: int
-    pgid: int
-    sid: int
-    start: int  # clock ticks after boot: with the pid, names one process even after its pid is reused
-    dead: bool  # a zombie, waiting to be reaped
-
-
 @dataclass(slots=True, eq=False)
 class _Run:
     """One running check: its checker's pid and every process seen in its tree (pid -> start time)."""
@@ -450,20 +443,10 @@ class _Run:
     known: dict[int, int] = field(default_factory=dict)
 
 
-def _read_proc(pid: int) -> _Proc | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data.rsplit(b")", 1)[1].split()  # the command name before it may hold spaces and ')'
-    return _Proc(pid, int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19]), rest[0] in (b"Z", b"X"))
-
-
 def _processes() -> dict[int, _Proc]:
     out: dict[int, _Proc] = {}
     for name in os.listdir("/proc"):
-        if name.isdigit() and (p := _read_proc(int(name))) is not None:
+        if name.isdigit() and (p := read_stat(int(name))) is not None:
             out[p.pid] = p
     return out
 
@@ -510,7 +493,7 @@ class _Tracker:
             pidfd: int | None = os.pidfd_open(pid)
         except OSError:
             pidfd = None  # already gone, or a kernel older than 5.3
-        p = _read_proc(pid)
+        p = read_stat(pid)
         run = _Run(pid, cookie, p.start if p is not None else -1, pidfd)
         with self.lock:
             self.runs[pid] = run
@@ -630,14 +613,14 @@ def _kill(p: _Proc, pidfd: int | None) -> None:
         if pidfd is None:
             pidfd = os.pidfd_open(p.pid)
         if own:
-            q = _read_proc(p.pid)
+            q = read_stat(p.pid)
             if q is None or q.start != p.start:
                 return  # gone, and the pid reused
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     except OSError as e:
-        if e.errno == errno.ENOSYS and (q := _read_proc(p.pid)) is not None and q.start == p.start:
+        if e.errno == errno.ENOSYS and (q := read_stat(p.pid)) is not None and q.start == p.start:
             with contextlib.suppress(OSError):
                 os.kill(p.pid, signal.SIGKILL)
     finally:

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import aiohttp
 
+from .procfs import read_stat
 from .settings import Expect, Settings
 
 __all__ = [
@@ -274,14 +275,16 @@ class _Proc:
 def _read_proc(pid: int, proc: Path, *, exe: bool = True) -> _Proc | None:
     """`pid`'s entry in `proc`, or None when there is none (gone, or not in our PID namespace)."""
     d = proc / str(pid)
+    stat = read_stat(pid, proc)
+    if stat is None:
+        return None
     try:
-        fields = (d / "stat").read_bytes().rsplit(b")", 1)[1].split()
         comm = (d / "comm").read_bytes().decode("utf-8", "replace").rstrip("\n")
         with (d / "cmdline").open("rb") as f:
             argv0 = f.read(4096).split(b"\0", 1)[0].decode("utf-8", "replace")
-        ppid, started = int(fields[1]), int(fields[19])
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return None
+    ppid, started = stat.ppid, stat.start
     path = ""
     if exe:
         with contextlib.suppress(OSError):  # another UID's process: not readable without ptrace rights
