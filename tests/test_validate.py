@@ -17,6 +17,7 @@ from sidecar.parsers import MAX_DEPTH
 from sidecar.settings import ValidatorSpec
 from sidecar.snapshot import Snapshot
 from sidecar.validate import Checks, check_parse, run_command, validate
+from tests.secret import SECRET, SECRET_SCHEMA
 
 AUTO = (ValidatorSpec("auto"),)
 PY = sys.executable
@@ -265,20 +266,6 @@ def test_unreadable_schema_is_a_problem_not_an_exception(tmp_path: Path) -> None
 
 
 # --- problems never quote content ------------------------------------------------------------------------
-
-SECRET = "hunter2-TOPSECRET"  # noqa: S105 - a made-up Secret value the tests prove is never shown
-SECRET_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "port": {"type": "integer"},
-        "mode": {"enum": ["fast", "safe"]},
-        "name": {"pattern": "^[a-z]+$"},
-        "level": {"const": 3},
-        "short": {"maxLength": 4},
-        "ports": {"type": "array", "items": {"type": "integer"}},
-    },
-}
 
 
 @pytest.fixture

@@ -22,18 +22,8 @@ from tests.e2e.apps import http_get
 from tests.e2e.sidecar_proc import running, wait_for
 from tests.e2e.webhook_proc import Webhook, issue, make_ca, review
 from tests.kubelet import project
+from tests.secret import SECRET, SECRET_SCHEMA
 
-SECRET = "hunter2-TOPSECRET"  # noqa: S105 - a made-up Secret value that must never be shown
-SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "port": {"type": "integer"},
-        "mode": {"enum": ["fast", "safe"]},
-        "name": {"pattern": "^[a-z]+$"},
-        "level": {"const": 3},
-    },
-}
 GOOD = {"app.yaml": "port: 8080\nmode: fast\nname: web\nlevel: 3\n"}
 
 # case -> (files of the version, what its refusal must say)
@@ -62,7 +52,7 @@ def _assert_no_secret(where: str, text: str) -> None:
 @pytest.fixture(scope="module")
 def schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("schema") / "app.schema.json"
-    path.write_text(json.dumps(SCHEMA))
+    path.write_text(json.dumps(SECRET_SCHEMA))
     return path
 
 
