@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak: mixed good and bad versions for a long time on a size-limited tmpfs target (figures only).
 
-  python3 bench/soak.py                       # 20 minutes, real nginx, tmpfs sized by the README's arithmetic
+  python3 bench/soak.py                       # 20 minutes, real nginx, tmpfs sized by docs/validation.md's arithmetic
   python3 bench/soak.py --minutes 2 --seed 7  # a short run
   python3 bench/soak.py --tmpfs-mib 3         # a target too small for the arithmetic: refusals, then recovery
 
@@ -283,7 +283,7 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep-log", type=Path, help="copy the sidecar's JSON log here at the end")
-    # The README's sizing: (RELOAD_HISTORY + 2) versions of RELOAD_MAX_TOTAL_BYTES, plus 1 MiB of slack.
+    # docs/validation.md's sizing: (RELOAD_HISTORY + 2) versions of RELOAD_MAX_TOTAL_BYTES, plus 1 MiB of slack.
     ap.add_argument("--tmpfs-mib", type=float, default=(HISTORY + 2) * MAX_TOTAL / 2**20 + 1)
     args = ap.parse_args()
     if os.geteuid() != 0:

@@ -48,7 +48,7 @@ class StagingError(OSError):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What one check may use. The defaults are documented in README ("Checker limits")."""
+    """What one check may use. The defaults are documented in docs/validation.md ("Limits")."""
 
     # RLIMIT_CPU per process (SIGXCPU, then SIGKILL a second later).
     cpu_s: int = 20

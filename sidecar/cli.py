@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="reload-sidecar",
         description="Validate, promote atomically, stagger, signal and verify config reloads. "
-        "Configured with RELOAD_* environment variables (see README).",
+        "Configured with RELOAD_* environment variables (see docs/reference.md).",
     )
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="the sidecar: watch RELOAD_SOURCE_DIR and keep RELOAD_TARGET_DIR on a good version")

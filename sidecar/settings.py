@@ -373,7 +373,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_WEBHOOK_PROFILES", "webhook_profiles", _path),
 )
 
-#: Every variable `Settings.from_env` reads (the README reference is tested against this).
+#: Every variable `Settings.from_env` reads (docs/reference.md is tested against this).
 ENV_VARS: tuple[str, ...] = tuple(name for name, _, _ in _FIELDS)
 
 

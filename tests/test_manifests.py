@@ -1,4 +1,4 @@
-"""The Kubernetes examples in manifests/ keep the promises the README makes about them.
+"""The Kubernetes examples in manifests/ keep the promises the README and docs/deploying.md make about them.
 
 Every YAML file under manifests/ is read (alerts/ holds a Prometheus rules file, not Kubernetes objects).
 A "sidecar" is a container running a reload-sidecar image; the "app" is every other container of its pod.
@@ -156,7 +156,7 @@ def _ids(pods: list[Pod]) -> list[str]:
 
 
 def test_every_example_is_there() -> None:
-    """The README's examples exist: native-sidecar nginx, Prometheus StatefulSet, waves, once + regular sidecar."""
+    """The documented examples exist: native-sidecar nginx, Prometheus StatefulSet, waves, once + regular sidecar."""
     commands = {(p.kind, _command(c), c in p.init_containers) for p in PODS_WITH_SIDECAR for c in p.sidecars()}
     assert ("Deployment", "run", True) in commands
     assert ("StatefulSet", "run", True) in commands
@@ -264,7 +264,7 @@ def _quantity(text: str) -> int:
 
 @pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
 def test_target_fits_the_worst_case(pod: Pod) -> None:
-    """The target emptyDir holds (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB (README, "Space in the
+    """The target emptyDir holds (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB (docs/validation.md, "Space in the
     target dir"): the live version, the history and one staged candidate, so bad versions never fill it."""
     for sidecar in pod.runners():
         s = _settings(pod, sidecar)

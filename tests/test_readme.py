@@ -1,6 +1,6 @@
-"""The README's environment-variable table and `Settings` cannot drift apart.
+"""The reference's (docs/reference.md) environment-variable table and `Settings` cannot drift apart.
 
-Every name `Settings.from_env` reads (`ENV_VARS`) has exactly one row in README's "Environment variables"
+Every name `Settings.from_env` reads (`ENV_VARS`) has exactly one row in docs/reference.md's "Environment variables"
 table, the table names nothing else, and each row's default is the `Settings` field's default as a user
 would write it in the environment.
 """
@@ -16,7 +16,7 @@ import pytest
 from sidecar import settings as settings_module
 from sidecar.settings import ENV_VARS, Expect, Settings, Stagger, ValidatorSpec
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 
 # Rows whose default the sidecar fills in at run time rather than in `Settings`: name -> what README says.
 RUNTIME_DEFAULTS = {
@@ -25,10 +25,10 @@ RUNTIME_DEFAULTS = {
 
 
 def _env_table() -> dict[str, list[tuple[str, str]]]:
-    """`RELOAD_*` rows of the table under "### Environment variables": name -> [(default, meaning)]."""
+    """`RELOAD_*` rows of the table under "## Environment variables" in docs/reference.md: name -> [(default, meaning)]."""
     text = README.read_text()
-    section = re.search(r"^### Environment variables\n(.*?)(?=^#)", text, re.S | re.M)
-    assert section, "README has no '### Environment variables' section"
+    section = re.search(r"^## Environment variables\n(.*?)(?=^#)", text, re.S | re.M)
+    assert section, "README docs/reference.md has no '## Environment variables' section"
     rows: dict[str, list[tuple[str, str]]] = {}
     for line in section[1].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

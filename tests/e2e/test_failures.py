@@ -98,7 +98,7 @@ def test_enospc_while_a_bad_version_fails_still_rolls_back(tmp_path: Path) -> No
 
 
 def test_a_run_of_bad_versions_never_wedges_a_target_sized_by_the_formula(tmp_path: Path) -> None:
-    """(root: tmpfs) A target sized (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB, as the README says:
+    """(root: tmpfs) A target sized (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB, as docs/validation.md says:
     six full-size bad versions in a row are each rolled back and deleted, then a full-size good one still fits."""
     volume, max_total, history = tmp_path / "volume", 256 * 1024, 1
     size = (history + 2) * max_total + (1 << 20)
