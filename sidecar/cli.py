@@ -12,9 +12,20 @@ from pathlib import Path
 
 import structlog
 
-from .settings import Settings, SettingsError
+from . import __version__
+from .settings import COMMAND_VARS, Settings, SettingsError, env_defaults, retired_in
 
 __all__ = ["configure_logging", "main"]
+
+log = structlog.get_logger("cli")
+
+_COMMANDS = {
+    "run": "the sidecar: watch RELOAD_SOURCE_DIR and keep RELOAD_TARGET_DIR on a good version",
+    "once": "validate + promote once and exit (initContainer); exit 1 if refused",
+    "validate": "run the configured validators on DIR; exit 1 listing the problems",
+    "webhook": "HTTPS ValidatingWebhook: check ConfigMaps annotated reload-sidecar/profile (RELOAD_WEBHOOK_*)",
+    "demo": "a self-contained demo: volume, sidecar and a tiny app, in a temp dir",
+}
 
 
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
@@ -40,37 +51,102 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="reload-sidecar",
         description="Validate, promote atomically, stagger, signal and verify config reloads. "
-        "Configured with RELOAD_* environment variables (see docs/reference.md).",
+        "Configured with RELOAD_* environment variables: each command's --help lists the ones it reads.",
     )
+    ap.add_argument("--version", action="version", version=f"reload-sidecar {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="the sidecar: watch RELOAD_SOURCE_DIR and keep RELOAD_TARGET_DIR on a good version")
-    sub.add_parser("once", help="validate + promote once and exit (initContainer); exit 1 if refused")
-    v = sub.add_parser("validate", help="run the configured validators on DIR; exit 1 listing the problems")
-    v.add_argument("dir", type=Path)
-    sub.add_parser(
-        "webhook",
-        help="HTTPS ValidatingWebhook: check ConfigMaps annotated reload-sidecar/profile (RELOAD_WEBHOOK_*)",
-    )
-    d = sub.add_parser("demo", help="a self-contained demo: volume, sidecar and a tiny app, in a temp dir")
-    d.add_argument("--port", type=int, default=9533, help="the sidecar's HTTP port (default 9533)")
+    parsers = {
+        name: sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=env_help(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        for name, text in _COMMANDS.items()
+    }
+    parsers["validate"].add_argument("dir", type=Path)
+    d = parsers["demo"]
+    d.add_argument("--port", type=int, help="the sidecar's HTTP port (default: 9533 if free, else any free port)")
     d.add_argument("--no-wait", action="store_true", help="exit after the scripted steps instead of waiting")
     return ap
 
 
+def env_help(command: str) -> str:
+    """The `--help` epilog of `command`: the variables it reads and their defaults, from the settings registry."""
+    names = COMMAND_VARS[command]
+    if not names:
+        return "environment: no RELOAD_* variable is read; the demo configures its own sidecar."
+    defaults = env_defaults()
+    width = max(map(len, names))
+    rows = "\n".join(f"  {name:<{width}}  {defaults[name]}" for name in names)
+    return f"environment variables read (default):\n{rows}"
+
+
+def _fail(problems: Sequence[str]) -> int:
+    """A mistake in the set-up: one stderr line per problem, exit 2."""
+    for problem in problems:
+        print(f"reload-sidecar: {problem}", file=sys.stderr)
+    return 2
+
+
+def _preflight(command: str, settings: Settings, env: Mapping[str, str]) -> list[str]:
+    """What the settings point at, checked before anything starts (see preflight.py)."""
+    from .preflight import listen_problem, source_problem, target_problem
+
+    problems: list[str | None] = []
+    if command in ("run", "once"):
+        problems.append(source_problem("RELOAD_SOURCE_DIR", settings.source_dir))
+        problems.append(target_problem("RELOAD_TARGET_DIR", settings.target_dir))
+    listen = {"run": ("RELOAD_LISTEN", settings.listen), "webhook": ("RELOAD_WEBHOOK_LISTEN", settings.webhook_listen)}
+    if command in listen:
+        name, (host, port) = listen[command]
+        problems.append(listen_problem(name, env.get(name, "").strip() or f"{host}:{port}", host, port))
+    return [p for p in problems if p]
+
+
+def _profile_env(env: Mapping[str, str]) -> set[str]:
+    """Names the webhook's profiles hand on to their checkers (best effort: the profiles are checked later)."""
+    raw = env.get("RELOAD_WEBHOOK_PROFILES", "").strip()
+    if not raw:
+        return set()
+    import yaml
+
+    try:
+        profiles = yaml.safe_load(Path(raw).read_text(encoding="utf-8"))["profiles"]
+        lists = [body.get("env") or [] for body in profiles.values()]
+    except (OSError, ValueError, yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return set()
+    return {name for names in lists if isinstance(names, list) for name in names if isinstance(name, str)}
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """The CLI; returns the exit code: 0, 1 (refused / problems found), 2 (a mistake in the set-up)."""
+    from .preflight import StartupError
+
     args = _parser().parse_args(argv)
     env = os.environ if environ is None else environ
+    try:
+        return _command(args, env)
+    except SettingsError as e:
+        return _fail(e.problems)
+    except StartupError as e:
+        return _fail([str(e)])
+
+
+def _command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
         configure_logging("console", "info")
         return run_demo(args.port, wait=not args.no_wait)
-    try:
-        settings = Settings.from_env(env, require_dirs=args.command in ("run", "once"))
-    except SettingsError as e:
-        print(f"reload-sidecar: {e}", file=sys.stderr)
-        return 2
+    passed = _profile_env(env) if args.command == "webhook" else set()
+    settings = Settings.from_env(env, require_dirs=args.command in ("run", "once"), passed=passed)
+    if problems := _preflight(args.command, settings, env):
+        raise SettingsError(problems)
     configure_logging(settings.log_format, settings.log_level)
+    for name, why in retired_in(env):
+        log.warning("variable_retired", variable=name, detail=f"ignored; {why}")
     if args.command == "validate":
         return asyncio.run(_validate(settings, args.dir))
     if args.command == "once":
@@ -80,12 +156,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "webhook":
         from .webhook import load_webhook, run_webhook
 
-        try:
-            hook = load_webhook(settings)
-        except SettingsError as e:
-            print(f"reload-sidecar: {e}", file=sys.stderr)
-            return 2
-        return asyncio.run(run_webhook(settings, hook))
+        return asyncio.run(run_webhook(settings, load_webhook(settings)))
     from .run import run_sidecar
 
     return run_sidecar(settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from .lifecycle import Lifecycle
+from .preflight import StartupError, bind_problem
 from .run import serve_sidecar
 from .settings import Settings
 
@@ -110,9 +112,25 @@ async def _script(volume: Path, app_url: str, status_url: str) -> None:
     print(f"\nNow edit {volume / 'app.yaml'} (keys: message, healthy) and watch; status: {status_url}")
 
 
-def run_demo(port: int, *, wait: bool = True) -> int:
-    """Run the demo; returns when Ctrl-C is pressed (or right after the script with `wait=False`)."""
-    return asyncio.run(_demo(port, wait))
+def run_demo(port: int | None, *, wait: bool = True) -> int:
+    """Run the demo; returns when Ctrl-C is pressed (or right after the script with `wait=False`).
+
+    Without `port`, the sidecar listens on 9533 if it is free, else on any free port; a given `port`
+    that is busy raises `StartupError`.
+    """
+    return asyncio.run(_demo(_pick_port(port), wait))
+
+
+def _pick_port(port: int | None) -> int:
+    if port is not None:
+        if why := bind_problem("127.0.0.1", port):
+            raise StartupError(f"demo --port {port}: {why}; leave --port out to use a free one")
+        return port
+    if bind_problem("127.0.0.1", 9533) is None:
+        return 9533
+    with socket.socket() as sock:  # the kernel's pick; free again once closed, and not handed out again at once
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def _demo(port: int, wait: bool) -> int:
@@ -141,7 +159,14 @@ async def _demo(port: int, wait: bool) -> int:
                 f"reads): {target}\n  app: {app_url}/\n  sidecar: http://127.0.0.1:{port}/status"
             )
             sidecar = asyncio.create_task(serve_sidecar(settings, life))
-            await _until(lambda: (target / "app.yaml").exists())
+            for _ in range(150):  # 15 s for the first promotion
+                if sidecar.done() or (target / "app.yaml").exists():
+                    break
+                await asyncio.sleep(0.1)
+            if sidecar.done():  # it could not start (e.g. the port was taken meanwhile): its error, not ours
+                return await sidecar
+            if not (target / "app.yaml").exists():
+                raise StartupError(f"demo: no version was promoted into {target} within 15 s; see the log above")
             app.load()  # the app starts after the sidecar's first promotion, as in a pod
             await _script(volume, app_url + "/", f"http://127.0.0.1:{port}/status")
             if not wait:

@@ -13,6 +13,7 @@ import sys
 import structlog
 
 from .lifecycle import Lifecycle
+from .preflight import StartupError, listen_failed
 from .settings import Settings
 
 __all__ = ["run_sidecar", "serve_sidecar"]
@@ -55,7 +56,11 @@ async def serve_sidecar(settings: Settings, life: Lifecycle) -> int:
         session,
         HealthCheck.from_settings(settings),
     )
-    runner, port = await start_server(make_app(Api(state, metrics, lambda: reloader.alive)), *settings.listen)
+    try:
+        runner, port = await start_server(make_app(Api(state, metrics, lambda: reloader.alive)), *settings.listen)
+    except OSError as e:  # taken since the CLI's check (see preflight.py)
+        host, port = settings.listen
+        raise StartupError(listen_failed("RELOAD_LISTEN", f"{host}:{port}", port, e)) from None
     life.own(runner)
 
     def not_ready() -> None:

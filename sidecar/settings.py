@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import re
 import shlex
 import signal as _signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -14,18 +16,23 @@ from typing import Literal, TypeVar
 from .validators import ValidatorSpec, parse_validators
 
 __all__ = [
+    "COMMAND_VARS",
     "ENV_VARS",
+    "RETIRED",
     "Expect",
     "MetricCheck",
     "Settings",
     "SettingsError",
     "Stagger",
     "ValidatorSpec",
+    "env_defaults",
     "parse_command",
     "parse_env_names",
     "parse_metric_check",
     "parse_ordinal",
     "parse_validators",
+    "retired_in",
+    "unknown_variables",
 ]
 
 LogFormat = Literal["json", "console"]
@@ -124,7 +131,6 @@ class Settings:
     pod_name: str = ""
     # The StatefulSet ordinal at the end of `pod_name` (`web-3` -> 3), None when it has none.
     pod_ordinal: int | None = None
-    pod_ip: str = ""
     # (host, port) of each `RELOAD_PEERS` entry; a name is resolved again on every round.
     peers: tuple[tuple[str, int], ...] = ()
     bake_s: float = 30.0
@@ -141,14 +147,22 @@ class Settings:
     webhook_profiles: Path | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], *, require_dirs: bool = True) -> Settings:
-        """Parse every `RELOAD_*` variable; raise one `SettingsError` listing all the bad ones."""
+    def from_env(
+        cls, environ: Mapping[str, str], *, require_dirs: bool = True, passed: Collection[str] = ()
+    ) -> Settings:
+        """Parse every `RELOAD_*` variable; raise one `SettingsError` listing all the bad ones.
+
+        An unknown `RELOAD_*` name is one of them, unless it is in `passed` or `RELOAD_VALIDATE_ENV`
+        (variables handed on to a checker).
+        """
         p = _Parser(environ)
         kw: dict[str, object] = {}
         for name, key, parse in _FIELDS:
             value = p.get(name, parse)
             if value is not None:
                 kw[key] = value
+        handed_on = {*passed, *kw.get("validate_env", ())}  # type: ignore[misc]
+        p.problems[:0] = unknown_variables(environ, handed_on)
         for name, key in (("RELOAD_SOURCE_DIR", "source_dir"), ("RELOAD_TARGET_DIR", "target_dir")):
             if key not in kw:
                 if require_dirs:
@@ -182,7 +196,9 @@ def _number(kind: type[int] | type[float], lo: float, hi: float | None = None) -
             value = kind(raw)
         except ValueError:
             raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
-        if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        if value < lo or (hi is not None and value > hi):
             raise ValueError(f"expected a value in [{lo:g}, {'inf' if hi is None else f'{hi:g}'}]")
         return value
 
@@ -269,8 +285,8 @@ def _stagger(raw: str) -> Stagger:
             seconds = float(arg)
         except ValueError:
             raise ValueError(f"expected {mode}:<seconds>, e.g. {mode}:30") from None
-        if seconds < 0:
-            raise ValueError("seconds must be >= 0")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be a finite number >= 0, e.g. {mode}:30")
         return Stagger(mode, seconds)  # type: ignore[arg-type]
     raise ValueError("expected none, random:<max_s>, ordinal:<step_s> or waves")
 
@@ -311,7 +327,7 @@ def parse_metric_check(text: str) -> MetricCheck:
         value = float(m.group(4)) if m else None
     except ValueError:
         value = None
-    if m is None or value is None:
+    if m is None or value is None or not math.isfinite(value):
         raise ValueError("expected name{labels}<op>number, e.g. prometheus_config_last_reload_successful==1")
     labels = tuple(
         sorted(
@@ -360,7 +376,6 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_HEALTH_METRIC", "health_metric", parse_metric_check),
     ("RELOAD_STAGGER", "stagger", _stagger),
     ("RELOAD_POD_NAME", "pod_name", str),
-    ("RELOAD_POD_IP", "pod_ip", str),
     ("RELOAD_PEERS", "peers", _peers),
     ("RELOAD_BAKE_S", "bake_s", _float(0)),
     ("RELOAD_LISTEN", "listen", _host_port),
@@ -375,6 +390,124 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
 
 #: Every variable `Settings.from_env` reads (docs/reference.md is tested against this).
 ENV_VARS: tuple[str, ...] = tuple(name for name, _, _ in _FIELDS)
+
+#: Variables older releases read and this one ignores: name -> why. Warned about (one log line), never an error,
+#: so a manifest written for an older release still starts.
+RETIRED: Mapping[str, str] = {
+    "RELOAD_POD_IP": "never used: peers are identified by RELOAD_POD_NAME; remove it",
+}
+
+_LOG_VARS = ("RELOAD_LOG_FORMAT", "RELOAD_LOG_LEVEL")
+_CHECK_VARS = (
+    "RELOAD_INCLUDE",
+    "RELOAD_EXCLUDE",
+    "RELOAD_MAX_FILE_BYTES",
+    "RELOAD_MAX_TOTAL_BYTES",
+    "RELOAD_VALIDATE",
+    "RELOAD_VALIDATE_COMMAND",
+    "RELOAD_VALIDATE_TIMEOUT_S",
+    "RELOAD_VALIDATE_ENV",
+)
+_WEBHOOK_ONLY = tuple(name for name in ENV_VARS if name.startswith("RELOAD_WEBHOOK_"))
+
+#: The variables each command reads (its `--help` lists them). `run` reads all but the webhook's own.
+COMMAND_VARS: Mapping[str, tuple[str, ...]] = {
+    "run": tuple(name for name in ENV_VARS if name not in _WEBHOOK_ONLY),
+    "once": ("RELOAD_SOURCE_DIR", "RELOAD_TARGET_DIR", *_CHECK_VARS, "RELOAD_POD_NAME", *_LOG_VARS),
+    "validate": (*_CHECK_VARS, *_LOG_VARS),
+    "webhook": (*_WEBHOOK_ONLY, "RELOAD_MAX_FILE_BYTES", "RELOAD_MAX_TOTAL_BYTES", *_LOG_VARS),
+    "demo": (),
+}
+
+# Filled in at run time, not in `Settings`: name -> the default as docs/reference.md writes it.
+_RUNTIME_DEFAULTS = {"RELOAD_POD_NAME": "(host name)"}
+
+
+def env_defaults() -> dict[str, str]:
+    """Each variable's default as a user would write it in the environment: `(required)`, `(none)` or a value."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    out: dict[str, str] = {}
+    for name, key, _ in _FIELDS:
+        f = fields[key]
+        if name in _RUNTIME_DEFAULTS:
+            out[name] = _RUNTIME_DEFAULTS[name]
+        elif f.default is not dataclasses.MISSING:
+            out[name] = _as_written(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[name] = _as_written(f.default_factory())
+        else:
+            out[name] = "(required)"
+    return out
+
+
+def _as_written(value: object) -> str:
+    if value is None or value == "" or value == ():
+        return "(none)"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Stagger):
+        return value.mode if value.mode in ("none", "waves") else f"{value.mode}:{value.seconds:g}"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):  # (host, port)
+        return f"{value[0]}:{value[1]}"
+    if isinstance(value, tuple):
+        return ",".join(v.kind if isinstance(v, ValidatorSpec) else str(v) for v in value)
+    return str(value)
+
+
+# The checker's per-check token (checker.COOKIE): a `reload-sidecar validate` run as a checker inherits it.
+_SET_BY_THE_SIDECAR = frozenset({"RELOAD_SIDECAR_CHECK"})
+
+# What Kubernetes puts in every container for each Service of the namespace (service links): a Service named
+# `reload-sidecar` gives RELOAD_SIDECAR_SERVICE_HOST, RELOAD_SIDECAR_PORT=tcp://10.0.0.7:9533, ...
+_SERVICE_LINK = re.compile(
+    r"RELOAD(_\w+)?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)"
+)
+_SERVICE_LINK_PORT = re.compile(r"RELOAD(_\w+)?_PORT")
+_SERVICE_URL = re.compile(r"(tcp|udp|sctp)://\S+")
+
+
+def _service_link(name: str, value: str) -> bool:
+    if _SERVICE_LINK.fullmatch(name):
+        return True
+    # `<SVC>_PORT` alone only with a service link's value: RELOAD_LISTEN_PORT=9533 is a typo to report
+    return bool(_SERVICE_LINK_PORT.fullmatch(name) and _SERVICE_URL.fullmatch(value.strip()))
+
+
+def unknown_variables(environ: Mapping[str, str], passed: Collection[str] = ()) -> list[str]:
+    """One problem per `RELOAD_*` name no command reads, with the likeliest meant name when there is one.
+
+    Not reported: retired names (see `retired_in`), names in `passed` (handed on to a checker), the
+    checker's token and Kubernetes service-link variables.
+    """
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith("RELOAD_") or name in ENV_VARS or name in RETIRED or name in passed:
+            continue
+        if name in _SET_BY_THE_SIDECAR or _service_link(name, environ[name]):
+            continue
+        meant = _did_you_mean(name)
+        problems.append(
+            f"{name}: unknown; did you mean {meant}?"
+            if meant
+            else f"{name}: unknown (each command's --help lists the variables it reads)"
+        )
+    return problems
+
+
+def _did_you_mean(name: str) -> str | None:
+    """The known name closest to `name`, compared without the common `RELOAD_` (it would make all look alike)."""
+    by_suffix = {known.removeprefix("RELOAD_"): known for known in ENV_VARS}
+    suffix = name.removeprefix("RELOAD_")
+    close = difflib.get_close_matches(suffix, list(by_suffix), n=1, cutoff=0.6)
+    if close:
+        return by_suffix[close[0]]
+    tails = [known for s, known in by_suffix.items() if s.endswith("_" + suffix)]  # RELOAD_URL -> RELOAD_RELOAD_URL
+    return tails[0] if len(tails) == 1 else None
+
+
+def retired_in(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(name, why) of each retired variable set in `environ`: to warn about, then ignore."""
+    return [(name, why) for name, why in RETIRED.items() if name in environ]
 
 
 def _cross_checks(p: _Parser, kw: dict[str, object]) -> None:

@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..lifecycle import Lifecycle
+from ..preflight import StartupError, listen_failed
 from ..settings import Settings, SettingsError
 from .profiles import Profile, load_profiles
 from .review import BadReview, Deadline, Unjudged, Webhook, decide, parse_review
@@ -178,7 +179,10 @@ def make_app(hook: Webhook) -> web.Application:
 
 
 async def run_webhook(settings: Settings, hook: Webhook) -> int:
-    """Serve HTTPS until SIGTERM/SIGINT, then let in-flight reviews finish (bounded) and exit 0."""
+    """Serve HTTPS until SIGTERM/SIGINT, then let in-flight reviews finish (bounded) and exit 0.
+
+    A port that cannot be bound raises `StartupError` (the CLI's one line, exit 2).
+    """
     host, port = settings.webhook_listen
     async with Lifecycle(cleanup_timeout_s=10) as life:
         # handler_cancellation: a client that disconnects cancels its review, which kills its checker.
@@ -188,9 +192,8 @@ async def run_webhook(settings: Settings, hook: Webhook) -> int:
         site = web.TCPSite(runner, host, port, ssl_context=hook.tls.server_context, reuse_address=True)
         try:
             await site.start()
-        except OSError as e:
-            log.error("listen_failed", host=host, port=port, error=str(e))
-            return 1
+        except OSError as e:  # taken since the CLI's check (see preflight.py)
+            raise StartupError(listen_failed("RELOAD_WEBHOOK_LISTEN", f"{host}:{port}", port, e)) from None
         log.info(
             "webhook_listening",
             host=host,

@@ -55,7 +55,6 @@ class Pod:
             host=self.ip,
             port=SIDECAR_PORT,
             RELOAD_POD_NAME=self.name,
-            RELOAD_POD_IP=self.ip,
             RELOAD_PEERS=peers,
             RELOAD_STAGGER="waves",
             RELOAD_BAKE_S=str(BAKE_S),

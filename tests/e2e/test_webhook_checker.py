@@ -48,7 +48,7 @@ def hook(work: Path) -> Iterator[Webhook]:
         }
     }
     (work / "profiles.yaml").write_text(json.dumps(profiles))
-    env = {"TMPDIR": str(work / "tmp"), "RELOAD_TEST_PASSED": "yes", "RELOAD_TEST_SECRET": "hunter2"}
+    env = {"TMPDIR": str(work / "tmp"), "RELOAD_TEST_PASSED": "yes", "APP_TEST_SECRET": "hunter2"}
     wh = Webhook(work, ca, cert, key, work / "profiles.yaml", **env).start()
     yield wh
     assert wh.stop() == 0, wh.log_tail()
