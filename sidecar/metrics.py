@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "add_process_metrics"]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def add_process_metrics(registry: CollectorRegistry) -> None:
+    """The standard `process_*` metrics (memory, CPU, fds, start time) that dashboards expect, read from
+    /proc at scrape time. A private registry has none of the default registry's collectors."""
+    ProcessCollector(registry=registry)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        add_process_metrics(r)
         self.reloads = Counter(
             "reload_sidecar_reloads", "App reloads by result (success, failed, rolled_back).", ["result"], registry=r
         )
@@ -32,7 +47,9 @@ class Metrics:
             registry=r,
         )
         self.last_successful = Gauge(
-            "reload_sidecar_last_reload_successful", "1 if the last reload attempt succeeded, else 0.", registry=r
+            "reload_sidecar_last_reload_successful",
+            "1 if the newest version tried was reloaded and verified; 0 if it failed, even after a good rollback.",
+            registry=r,
         )
         self.version = Gauge(
             "reload_sidecar_current_version_info", "The live version (content hash).", ["hash"], registry=r

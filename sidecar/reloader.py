@@ -158,6 +158,7 @@ class Reloader:
         self._prune(self.s.history)
         if self.state.current is not None and self.state.current == self.state.last_good:
             self._set_ready(True)
+            self.metrics.last_successful.set(1)  # it was reloaded and verified before the restart
         self.metrics.set_version(self.state.current)
         log.info(
             "recovered",
@@ -228,6 +229,8 @@ class Reloader:
             return
         v = snap.version
         known_bad = v in state.quarantined or v in state.refused or v in state.held
+        if v in state.quarantined:  # the source's version is one whose reload failed (also after a restart)
+            self.metrics.last_successful.set(0)
         if (known_bad or v == state.current) and not await self._check_target(snap):
             return
         if known_bad or (v == state.current and v == state.last_good):

@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.lifecycle import Lifecycle
 from sidecar.metrics import Metrics
+from sidecar.preflight import StartupError
+from sidecar.run import serve_sidecar
 from sidecar.server import IDLE, Api, make_app, start_server
+from sidecar.settings import Settings
 from sidecar.state import State
 
 CONTRACT = {
@@ -24,6 +30,15 @@ CONTRACT = {
     "reload_sidecar_current_version_info",
     "reload_sidecar_reload_duration_seconds",
     "reload_sidecar_held",
+}
+# The standard process metrics dashboards expect (prometheus_client's ProcessCollector).
+PROCESS = {
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_cpu_seconds",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
 }
 
 
@@ -91,6 +106,31 @@ async def test_metrics_carry_the_contract_names(api: tuple[str, Box]) -> None:
     names = {family.name for family in text_string_to_metric_families(body)}
     assert code == 200 and CONTRACT <= names
     assert 'reload_sidecar_current_version_info{hash="v1"} 1.0' in body
+
+
+async def test_metrics_carry_the_process_metrics(api: tuple[str, Box]) -> None:
+    """/metrics also has the process_* families, with this process's live values."""
+    base, _ = api
+    families = {f.name: f for f in text_string_to_metric_families((await _get(base + "/metrics"))[1])}
+    assert PROCESS <= set(families), sorted(families)
+    assert families["process_resident_memory_bytes"].samples[0].value > 1 << 20
+    assert families["process_open_fds"].samples[0].value >= 3
+
+
+async def test_a_port_taken_after_the_cli_check_is_one_startup_error(tmp_path: Path) -> None:
+    """The bind itself failing (the port taken between the CLI's check and the start) is a StartupError
+    carrying the CLI's one line, not an OSError traceback."""
+    (tmp_path / "src").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"RELOAD_SOURCE_DIR": str(tmp_path / "src"), "RELOAD_TARGET_DIR": str(tmp_path / "t")}
+        settings = Settings.from_env({**env, "RELOAD_LISTEN": f"127.0.0.1:{port}"})
+        async with Lifecycle(handle_signals=False) as life:
+            with pytest.raises(StartupError) as exc:
+                await serve_sidecar(settings, life)
+    assert str(exc.value) == f"RELOAD_LISTEN='127.0.0.1:{port}': port {port} is already in use by another process"
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])

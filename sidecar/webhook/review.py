@@ -23,6 +23,7 @@ from typing import Any
 from multidict import MultiMapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from ..metrics import add_process_metrics
 from ..snapshot import Snapshot, snapshot_of
 from ..validate import validate
 from .profiles import Profile
@@ -140,6 +141,7 @@ class WebhookMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        add_process_metrics(r)
         self.answers = Counter(
             "reload_sidecar_webhook_answers",
             "Answers to POST /validate by outcome (allowed, denied, checker_deadline, queue_full, queue_timeout, "
