@@ -265,7 +265,8 @@ def _quantity(text: str) -> int:
 @pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
 def test_target_fits_the_worst_case(pod: Pod) -> None:
     """The target emptyDir holds (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB (docs/validation.md,
-    "Space in the target dir"): the live version, the history and one staged candidate, so bad versions never fill it."""
+    "Space in the target dir"): the live version, the history and one staged candidate,
+    so bad versions never fill it."""
     for sidecar in pod.runners():
         s = _settings(pod, sidecar)
         volume = pod.volume(_mount_of(sidecar, str(s.target_dir))["name"])
