@@ -261,7 +261,7 @@ async def section_process(
 ) -> None:
     async with Run(tmp, argv, envt, files, extra) as run:
         res: dict[str, Any] = {}
-        if "idle" in only:  # first, as ../shared/bench does: after start-up and the ready probe, before swaps
+        if "idle" in only:  # first: after start-up and the ready probe, before swaps
             res.update(await run.idle(args.idle))
         if "swap" in only:
             res.update(await run.swaps(args.swaps))
