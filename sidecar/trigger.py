@@ -15,12 +15,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
 from .procfs import read_stat
 from .settings import Expect, Settings
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .state import State
 
 __all__ = [
     "HttpTrigger",
@@ -319,8 +323,14 @@ def find_processes(name: str, proc: Path = _PROC) -> list[int]:
     return sorted(pid for pid, ppid in matches.items() if ppid not in matches)
 
 
-def make_trigger(settings: Settings, session: aiohttp.ClientSession) -> Trigger:
-    """The trigger `settings` asks for."""
+def make_trigger(
+    settings: Settings, session: aiohttp.ClientSession, *, state: State | None = None, metrics: Metrics | None = None
+) -> Trigger:
+    """The trigger `settings` asks for; `state` and `metrics` record the restart trigger's restarts."""
+    if settings.restart:
+        from .restart import RestartTrigger
+
+        return RestartTrigger.from_settings(settings, state, metrics)
     if settings.reload_url:
         return HttpTrigger(
             session,
