@@ -156,7 +156,8 @@ def _ids(pods: list[Pod]) -> list[str]:
 
 
 def test_every_example_is_there() -> None:
-    """The documented examples exist: native-sidecar nginx, Prometheus StatefulSet, waves, once + regular sidecar."""
+    """The documented examples exist: native-sidecar nginx, Prometheus StatefulSet, waves, once + regular sidecar,
+    restart."""
     commands = {(p.kind, _command(c), c in p.init_containers) for p in PODS_WITH_SIDECAR for c in p.sidecars()}
     assert ("Deployment", "run", True) in commands
     assert ("StatefulSet", "run", True) in commands
@@ -166,6 +167,8 @@ def test_every_example_is_there() -> None:
     assert {"none", "ordinal", "waves"} <= staggers
     kinds = {doc["kind"] for _, doc in DOCS}
     assert {"ConfigMap", "PodDisruptionBudget", "Service", "ServiceMonitor"} <= kinds
+    # an app that cannot reload: the restart trigger (restart.yaml)
+    assert any(_settings(p, c).restart for p in PODS for c in p.runners())
 
 
 @pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
@@ -264,8 +267,8 @@ def _quantity(text: str) -> int:
 
 @pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
 def test_target_fits_the_worst_case(pod: Pod) -> None:
-    """The target emptyDir holds (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB (docs/validation.md, "Space in the
-    target dir"): the live version, the history and one staged candidate, so bad versions never fill it."""
+    """The target emptyDir holds (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB (docs/validation.md, "Space in
+    the target dir"): the live version, the history and one staged candidate, so bad versions never fill it."""
     for sidecar in pod.runners():
         s = _settings(pod, sidecar)
         volume = pod.volume(_mount_of(sidecar, str(s.target_dir))["name"])
@@ -275,10 +278,11 @@ def test_target_fits_the_worst_case(pod: Pod) -> None:
 
 @pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
 def test_signal_can_reach_the_app(pod: Pod) -> None:
-    """A signal trigger has a shared process namespace and the app's UID (or CAP_KILL), as the kernel requires."""
+    """A signal or restart trigger has a shared process namespace and the app's UID (or CAP_KILL), as the kernel
+    requires."""
     for sidecar in pod.runners():
         settings = _settings(pod, sidecar)
-        if settings.signal is None:
+        if settings.signal is None and not settings.restart:
             continue
         assert pod.spec.get("shareProcessNamespace") is True
         caps = sidecar.get("securityContext", {}).get("capabilities", {}).get("add", [])
