@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,8 @@ def _as_written(value: object) -> str:
         return "(none)"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, signal.Signals):  # an int too: written by name
+        return value.name
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
