@@ -53,7 +53,9 @@ log = structlog.get_logger("restart")
 START_SLACK_S = 0.1
 # After SIGKILL the process is gone within milliseconds unless the kernel is stuck (D state, NFS).
 KILL_WAIT_S = 10.0
-_POLL_FIRST_S, _POLL_MAX_S = 0.02, 0.25
+# The new process is looked for every 20 ms for its first 5 s (an app's usual start, where the latency
+# counts), then every 250 ms (the kubelet's back-off, where it does not).
+_POLL_FAST_S, _POLL_FAST_FOR_S, _POLL_SLOW_S = 0.02, 5.0, 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,13 +267,14 @@ class RestartTrigger(SignalTrigger):
         while not self._gone(old):
             if loop.time() >= deadline:
                 return False
-            await asyncio.sleep(_POLL_FIRST_S)
+            await asyncio.sleep(_POLL_FAST_S)
         return True
 
     async def _wait_new(self, old: _Found | None, after: int) -> _Found:
         """The app's new process: found by the same lookup, not `old`, started at or after tick `after`."""
         loop = asyncio.get_running_loop()
-        deadline, delay = loop.time() + self.wait_s, _POLL_FIRST_S
+        began = loop.time()
+        deadline = began + self.wait_s
         last = f"no process found by {self._where()}"
         while True:
             try:
@@ -291,8 +294,7 @@ class RestartTrigger(SignalTrigger):
                     f"no new app process within {self.wait_s:g} s (RELOAD_RESTART_WAIT_S): {last}; is the "
                     "container in CrashLoopBackOff or its restartPolicy not Always? (kubectl describe pod)"
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, _POLL_MAX_S)
+            await asyncio.sleep(_POLL_FAST_S if loop.time() - began < _POLL_FAST_FOR_S else _POLL_SLOW_S)
 
 
 def _dead(pid: int, proc: Path) -> bool:
