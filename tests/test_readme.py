@@ -26,7 +26,8 @@ RUNTIME_DEFAULTS = {
 
 
 def _env_table() -> dict[str, list[tuple[str, str]]]:
-    """`RELOAD_*` rows of the table under "## Environment variables" in docs/reference.md: name -> [(default, meaning)]."""
+    """`RELOAD_*` rows of the table under "## Environment variables" in docs/reference.md:
+    name -> [(default, meaning)]."""
     text = README.read_text()
     section = re.search(r"^## Environment variables\n(.*?)(?=^#)", text, re.S | re.M)
     assert section, "README docs/reference.md has no '## Environment variables' section"

@@ -22,13 +22,13 @@ import pytest
 from aiohttp import web
 
 from sidecar.metrics import Metrics
-from sidecar.restart import RestartTrigger
 from sidecar.settings import Settings
 from sidecar.state import State
 from sidecar.trigger import (
     PID_MAX,
     HttpTrigger,
     NoTrigger,
+    RestartTrigger,
     SignalTrigger,
     TriggerError,
     find_processes,
