@@ -409,15 +409,16 @@ class RestartTrigger(SignalTrigger):
     async def fire(self) -> str:
         began = time.monotonic()
         live_since = self._live_since()
-        old = self._find()  # raises TriggerError for a target that can never be the app
         record: dict[str, Any] = {
-            "old_pid": old.pid if old else None,
+            "old_pid": None,
             "new_pid": None,
             "signal": self.signum.name,
             "outcome": "failed",
             "at": time.time(),
         }
         try:
+            old = self._find()  # raises TriggerError for a target that can never be the app
+            record["old_pid"] = old.pid if old else None
             if old is not None and live_since is not None and old.info.started_wall() > live_since + START_SLACK_S:
                 record.update(outcome="skipped", new_pid=old.pid)
                 _restart_log.info("app_restart_skipped", pid=old.pid, reason="it started after this version went live")

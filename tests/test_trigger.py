@@ -632,6 +632,8 @@ async def test_restart_refuses_pid_1_at_once(tmp_path: Path) -> None:
     trigger, state, metrics = _restart(tmp_path, pidfile)
     with pytest.raises(TriggerError, match="pid 1"):
         await asyncio.wait_for(trigger.fire(), 10)  # far less than its 30 s wait for a new process
+    assert state.restart is not None and state.restart["outcome"] == "failed"
+    assert metrics.restarts.labels("failed")._value.get() == 1
 
 
 async def test_restart_without_a_new_process_fails_after_the_wait(
