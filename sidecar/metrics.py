@@ -71,8 +71,16 @@ class Metrics:
             "Failed writes of the state file (retried at the next commit or resync).",
             registry=r,
         )
+        self.restarts = Counter(
+            "reload_sidecar_restarts",
+            "App restarts by the restart trigger, by outcome (restarted, killed, failed).",
+            ["outcome"],
+            registry=r,
+        )
         for result in ("success", "failed", "rolled_back"):
             self.reloads.labels(result)
+        for outcome in ("restarted", "killed", "failed"):
+            self.restarts.labels(outcome)
 
     def set_version(self, version: str | None) -> None:
         self.version.clear()

@@ -51,7 +51,7 @@ async def serve_sidecar(settings: Settings, life: Lifecycle) -> int:
         settings,
         state,
         metrics,
-        make_trigger(settings, session),
+        make_trigger(settings, session, state=state, metrics=metrics),
         make_gate(settings, session, state.pod, metrics.peer_requests.inc),
         session,
         HealthCheck.from_settings(settings),

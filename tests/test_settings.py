@@ -45,6 +45,10 @@ VALID: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELOAD_SIGNAL", "hup", "signal", signal.SIGHUP, {"RELOAD_PROCESS": "nginx"}),
     ("RELOAD_PROCESS", "nginx", "process", "nginx", {"RELOAD_SIGNAL": "SIGHUP"}),
     ("RELOAD_PIDFILE", "/run/app.pid", "pidfile", Path("/run/app.pid"), {"RELOAD_SIGNAL": "SIGUSR1"}),
+    ("RELOAD_RESTART", "True", "restart", True, {"RELOAD_PROCESS": "app"}),
+    ("RELOAD_RESTART_SIGNAL", "int", "restart_signal", signal.SIGINT, {"RELOAD_RESTART": "1", "RELOAD_PROCESS": "a"}),
+    ("RELOAD_RESTART_GRACE_S", "0", "restart_grace_s", 0.0, {"RELOAD_RESTART": "yes", "RELOAD_PIDFILE": "/a.pid"}),
+    ("RELOAD_RESTART_WAIT_S", "600", "restart_wait_s", 600.0, {"RELOAD_RESTART": "on", "RELOAD_PROCESS": "app"}),
     ("RELOAD_HEALTH_URL", "https://localhost:8443/healthz", "health_url", "https://localhost:8443/healthz", {}),
     ("RELOAD_HEALTH_SUCCESSES", "5", "health_successes", 5, {}),
     ("RELOAD_HEALTH_INTERVAL_S", "0.25", "health_interval_s", 0.25, {}),
@@ -111,6 +115,10 @@ INVALID: list[tuple[str, str, str]] = [
     ("RELOAD_RELOAD_TIMEOUT_S", "soon", "a number"),
     ("RELOAD_RELOAD_RETRIES", "101", "[0, 100]"),
     ("RELOAD_SIGNAL", "SIGFOO", "signal name"),
+    ("RELOAD_RESTART", "maybe", "true or false"),
+    ("RELOAD_RESTART_SIGNAL", "SIGNOPE", "signal name"),
+    ("RELOAD_RESTART_GRACE_S", "-1", "[0, 3600]"),
+    ("RELOAD_RESTART_WAIT_S", "0.5", "[1, 3600]"),
     ("RELOAD_HEALTH_URL", "ftp://x/healthz", "http:// or https://"),
     ("RELOAD_HEALTH_SUCCESSES", "0", "[1, 1000]"),
     ("RELOAD_HEALTH_INTERVAL_S", "0", "[0.01, inf]"),
@@ -150,6 +158,7 @@ def test_defaults_match_the_design() -> None:
     assert (s.reload_url, s.reload_method, s.reload_timeout_s, s.reload_retries) == ("", "POST", 5.0, 3)
     assert str(s.reload_expect) == "2xx" and s.reload_expect.accepts(204) and not s.reload_expect.accepts(301)
     assert (s.signal, s.process, s.pidfile) == (None, "", None)
+    assert (s.restart, s.restart_signal, s.restart_grace_s, s.restart_wait_s) == (False, signal.SIGTERM, 30.0, 330.0)
     assert (s.health_url, s.health_successes, s.health_interval_s, s.health_timeout_s) == ("", 3, 1.0, 30.0)
     assert (s.health_metric_url, s.health_metric) == ("", None)
     assert s.stagger == Stagger("none", 0.0)
@@ -274,6 +283,17 @@ def test_require_dirs_false_still_reports_bad_values() -> None:
         ({"RELOAD_HEALTH_METRIC": "up==1"}, "RELOAD_HEALTH_METRIC_URL and RELOAD_HEALTH_METRIC go together"),
         ({"RELOAD_HEALTH_METRIC_URL": "http://a:1/metrics"}, "go together"),
         ({"RELOAD_MAX_FILE_BYTES": "200", "RELOAD_MAX_TOTAL_BYTES": "100"}, "larger than RELOAD_MAX_TOTAL_BYTES"),
+        (
+            {"RELOAD_RESTART": "true", "RELOAD_SIGNAL": "HUP", "RELOAD_PROCESS": "app"},
+            "RELOAD_RESTART=true and RELOAD_SIGNAL are both set: choose one trigger",
+        ),
+        (
+            {"RELOAD_RESTART": "true", "RELOAD_RELOAD_URL": "http://127.0.0.1:1/-/reload", "RELOAD_PROCESS": "app"},
+            "RELOAD_RESTART=true and RELOAD_RELOAD_URL are both set: choose one trigger",
+        ),
+        ({"RELOAD_RESTART": "true"}, "RELOAD_RESTART=true needs RELOAD_PROCESS or RELOAD_PIDFILE"),
+        ({"RELOAD_RESTART_GRACE_S": "5"}, "RELOAD_RESTART_GRACE_S is set without RELOAD_RESTART=true"),
+        ({"RELOAD_RESTART": "false", "RELOAD_PROCESS": "app"}, "set without RELOAD_SIGNAL or RELOAD_RESTART"),
     ],
     ids=[
         "signal-without-target",
@@ -286,6 +306,11 @@ def test_require_dirs_false_still_reports_bad_values() -> None:
         "metric-without-url",
         "url-without-metric",
         "file-limit-over-total",
+        "restart-and-signal",
+        "restart-and-url",
+        "restart-without-target",
+        "restart-detail-without-restart",
+        "restart-false-with-process",
     ],
 )
 def test_cross_checks(env: dict[str, str], fragment: str) -> None:
@@ -339,6 +364,14 @@ def test_main_run_with_bad_env_exits_2(capsys: pytest.CaptureFixture[str]) -> No
     out, err = capsys.readouterr()
     assert out == ""
     _assert_one_message(err)
+
+
+def test_run_with_restart_and_signal_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """The restart trigger combined with a reload trigger is refused at start with exit 2, saying which."""
+    env = {**BASE, "RELOAD_RESTART": "true", "RELOAD_SIGNAL": "SIGHUP", "RELOAD_PIDFILE": "/run/app.pid"}
+    assert main(["run"], environ=env) == 2
+    err = capsys.readouterr().err
+    assert "RELOAD_RESTART=true and RELOAD_SIGNAL are both set: choose one trigger" in err and "Traceback" not in err
 
 
 def test_python_m_sidecar_run_with_bad_env_exits_2() -> None:

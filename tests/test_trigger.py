@@ -15,16 +15,20 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from sidecar.metrics import Metrics
 from sidecar.settings import Settings
+from sidecar.state import State
 from sidecar.trigger import (
     PID_MAX,
     HttpTrigger,
     NoTrigger,
+    RestartTrigger,
     SignalTrigger,
     TriggerError,
     find_processes,
@@ -591,3 +595,87 @@ async def test_name_matching_pid_1_is_refused(tmp_path: Path) -> None:
     assert (
         str(exc.value) == "RELOAD_PROCESS='app' names pid 1, the init process of the pod (or container), never the app"
     )
+
+
+# --- restart ---------------------------------------------------------------------------------------------
+
+
+def _restart(tmp: Path, pidfile: Path, **kw: Any) -> tuple[RestartTrigger, State, Metrics]:
+    state, metrics = State(pod="p"), Metrics()
+    target = tmp / "target"
+    target.mkdir(exist_ok=True)
+    kw.setdefault("wait_s", 30.0)
+    return (
+        RestartTrigger(signal.SIGTERM, target_dir=target, pidfile=pidfile, state=state, metrics=metrics, **kw),
+        state,
+        metrics,
+    )
+
+
+def _swap(target: Path) -> None:
+    """A `..data` swap, as a promotion makes: the version went live now."""
+    (target / "..data_tmp").symlink_to("..v-1")
+    os.replace(target / "..data_tmp", target / "..data")
+
+
+async def test_make_trigger_picks_restart(session: aiohttp.ClientSession) -> None:
+    env = {"RELOAD_SOURCE_DIR": "/s", "RELOAD_TARGET_DIR": "/t", "RELOAD_RESTART": "true", "RELOAD_PROCESS": "app"}
+    trigger = make_trigger(Settings.from_env({**env, "RELOAD_RESTART_GRACE_S": "7"}), session)
+    assert isinstance(trigger, RestartTrigger) and trigger.method == "restart"
+    assert (trigger.signum, trigger.grace_s, trigger.wait_s, trigger.process) == (signal.SIGTERM, 7.0, 330.0, "app")
+
+
+async def test_restart_refuses_pid_1_at_once(tmp_path: Path) -> None:
+    """A pidfile naming pid 1 is refused as the signal trigger refuses it, without waiting for a new process."""
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text("1\n")
+    trigger, state, metrics = _restart(tmp_path, pidfile)
+    with pytest.raises(TriggerError, match="pid 1"):
+        await asyncio.wait_for(trigger.fire(), 10)  # far less than its 30 s wait for a new process
+    assert state.restart is not None and state.restart["outcome"] == "failed"
+    assert metrics.restarts.labels("failed")._value.get() == 1
+
+
+async def test_restart_without_a_new_process_fails_after_the_wait(
+    start_app: Callable[..., App], tmp_path: Path
+) -> None:
+    """The app ended by SIGTERM and nothing starts it again: a TriggerError naming RELOAD_RESTART_WAIT_S, the
+    old pid in /status and the failure counted."""
+    app = start_app()
+    trigger, state, metrics = _restart(tmp_path, app.pidfile, wait_s=1.0)
+    _swap(trigger.target_dir)
+    with pytest.raises(TriggerError, match=r"no new app process within 1 s \(RELOAD_RESTART_WAIT_S\)"):
+        await trigger.fire()
+    assert app.proc.wait(5) == -signal.SIGTERM
+    assert state.restart is not None and (state.restart["old_pid"], state.restart["new_pid"]) == (app.pid, None)
+    assert state.restart["outcome"] == "failed"
+    assert metrics.restarts.labels("failed")._value.get() == 1
+
+
+async def test_restart_skips_a_process_started_after_the_version_went_live(
+    start_app: Callable[..., App], tmp_path: Path
+) -> None:
+    """An app process that started after the ..data swap has read the live version: it is not restarted."""
+    pidfile = tmp_path / "app.pid"
+    trigger, state, metrics = _restart(tmp_path, pidfile)
+    _swap(trigger.target_dir)
+    await asyncio.sleep(0.5)  # well past START_SLACK_S
+    app = start_app()
+    assert "not restarted" in await trigger.fire()
+    assert app.proc.poll() is None and state.restart is not None and state.restart["outcome"] == "skipped"
+    assert metrics.restarts.labels("restarted")._value.get() == 0
+
+
+async def test_restart_waits_for_an_app_that_is_not_running(start_app: Callable[..., App], tmp_path: Path) -> None:
+    """No app process (it is in the kubelet's back-off): nothing is signalled, and the first process that starts
+    after the swap is the new one."""
+    pidfile = tmp_path / "app.pid"
+    trigger, state, metrics = _restart(tmp_path, pidfile)
+    _swap(trigger.target_dir)
+    fired = asyncio.create_task(trigger.fire())
+    await asyncio.sleep(0.5)
+    assert not fired.done()
+    app = await asyncio.to_thread(start_app)
+    evidence = await asyncio.wait_for(fired, 20)
+    assert f"new pid {app.pid}" in evidence and app.proc.poll() is None
+    assert state.restart is not None and (state.restart["old_pid"], state.restart["new_pid"]) == (None, app.pid)
