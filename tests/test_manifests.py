@@ -451,11 +451,12 @@ def test_the_component_example_is_built_with_its_sidecar() -> None:
     assert sidecar in built[0].init_containers and sidecar["restartPolicy"] == "Always"
 
 
-@pytest.mark.parametrize("component", ["reload-sidecar", "reload-sidecar-signal"])
+@pytest.mark.parametrize("component", ["reload-sidecar", "reload-sidecar-signal", "reload-sidecar-restart"])
 def test_component_changes_only_annotated_workloads(component: str, tmp_path: Path) -> None:
     """Each component over the plain example Deployment and an unannotated StatefulSet: the Deployment gets the
     sidecar, its ConfigMap volume moves to the sidecar and the app's mount to the target (same path, read-only);
-    the signal variant alone shares the process namespace; the StatefulSet is left exactly as it was."""
+    the signal and restart variants share the process namespace and set their trigger; the StatefulSet is left
+    exactly as it was."""
     example = MANIFESTS / "examples" / "component"
     for name in ("deployment.yaml", "configmap.yaml"):
         (tmp_path / name).write_text((example / name).read_text())
@@ -500,6 +501,7 @@ def test_component_changes_only_annotated_workloads(component: str, tmp_path: Pa
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["config"] == {"name": "config", "configMap": {"name": "shop-config"}}
     assert volumes["reload-sidecar-live"]["emptyDir"]["medium"] == "Memory"
-    assert spec.get("shareProcessNamespace", False) is (component == "reload-sidecar-signal")
+    assert spec.get("shareProcessNamespace", False) is (component != "reload-sidecar")
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env.get("RELOAD_SIGNAL") == ("SIGHUP" if component == "reload-sidecar-signal" else None)
+    assert env.get("RELOAD_RESTART") == ("true" if component == "reload-sidecar-restart" else None)
