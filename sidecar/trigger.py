@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import aiohttp
+from typing import TYPE_CHECKING, Protocol
 
 from .procfs import read_stat
 from .settings import Expect, Settings
+
+if TYPE_CHECKING:  # imported by HttpTrigger: `once` (an initContainer) and signal triggers run without aiohttp
+    import aiohttp
 
 __all__ = [
     "HttpTrigger",
@@ -71,12 +72,16 @@ class HttpTrigger:
         retries: int = 3,
         backoff_s: float = 0.2,
     ) -> None:
+        import aiohttp
+
         self._session, self.url, self.verb = session, url, verb
         self.expect = expect or Expect()
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.retries, self.backoff_s = retries, backoff_s
 
     async def fire(self) -> str:
+        import aiohttp
+
         seen: list[str] = []
         for attempt in range(self.retries + 1):
             if attempt:
