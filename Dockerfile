@@ -20,12 +20,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MALLOC_ARENA_MAX=2
-# The wheels are bind-mounted, not copied: no layer keeps them. Then the standard library and
-# site-packages (which is under it) are compiled here, once: start-up reads bytecode and never
-# compiles. unchecked-hash: the sources never change in the image, so the bytecode stays valid
-# whatever mtimes the layers are unpacked with.
+# The wheels are bind-mounted, not copied: no layer keeps them. setuptools and wheel are build tools
+# the sidecar never imports; setuptools' distutils-precedence.pth would run at every interpreter start.
+# Then the standard library and site-packages (which is under it) are compiled here, once: start-up
+# reads bytecode and never compiles. unchecked-hash: the sources never change in the image, so the
+# bytecode stays valid whatever mtimes the layers are unpacked with.
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index /wheels/*.whl \
+    && pip uninstall -y setuptools wheel \
     && python -m compileall -q -j 0 -f --invalidation-mode unchecked-hash -x '/(test|tests|idle_test)/' \
         "$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
 # Any UID works (the pod's securityContext may set another, e.g. the app's for signals); nothing in the

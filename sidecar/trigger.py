@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import aiohttp
 import structlog
 
 from .procfs import read_stat
 from .settings import Expect, Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # aiohttp is imported by HttpTrigger: `once` (an initContainer) and signal triggers run without it
     from typing import Any
+
+    import aiohttp
 
     from .metrics import Metrics
     from .state import State
@@ -79,12 +80,16 @@ class HttpTrigger:
         retries: int = 3,
         backoff_s: float = 0.2,
     ) -> None:
+        import aiohttp
+
         self._session, self.url, self.verb = session, url, verb
         self.expect = expect or Expect()
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.retries, self.backoff_s = retries, backoff_s
 
     async def fire(self) -> str:
+        import aiohttp
+
         seen: list[str] = []
         for attempt in range(self.retries + 1):
             if attempt:
