@@ -342,7 +342,8 @@ class Reloader:
 
     async def _promote_making_room(self, snap: Snapshot) -> bool:
         """`promote.promote`; when the target is short of space, old history versions go first (one retry)."""
-        call = functools.partial(_promote.promote, snap, self.s.target_dir)
+        # Files unchanged since the last good version are hard links to its (protected) dir, not copies.
+        call = functools.partial(_promote.promote, snap, self.s.target_dir, base=self._good_snap)
         try:
             return await _blocking(snap.small, call)
         except _promote.NoSpaceError as e:

@@ -474,3 +474,30 @@ async def test_start_up_prunes_what_a_killed_life_left(tmp_path: Path, session: 
     left = sorted(p.name for p in rig.target.iterdir() if p.name.startswith("..v-"))
     assert len(left) == rig.reloader.s.history + 2, left  # history + the live one + the last good one
     assert f"..v-{live}" in left and f"..v-{good}" in left
+
+
+async def test_unchanged_files_are_linked_from_the_last_good_version(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """A new version shares the files it did not change with the last good one (same inode), never alters
+    the last good one's bytes, and a rollback from it serves them again."""
+    rig = _rig(tmp_path, session, on_bad=_raise(TriggerError("HTTP 500 from the app")))
+    rig.reloader.recover()
+    static = {"static/big.conf": b"x" * 50_000, "static/small.conf": b"y\n"}
+    good = await rig.apply({**GOOD, **static})
+    fixed = await rig.apply({**FIXED, **static})
+    assert rig.state.last_good == fixed and rig.app.asked == [fixed]
+
+    def inode(version: str, name: str) -> int:
+        return (version_dir(rig.target, version) / name).stat().st_ino
+
+    assert all(inode(good, name) == inode(fixed, name) for name in static)
+    assert inode(good, "app.yaml") != inode(fixed, "app.yaml")
+    assert (version_dir(rig.target, good) / "app.yaml").read_bytes() == GOOD["app.yaml"]
+
+    bad = await rig.apply({**BAD, **static})
+    assert current_version(rig.target) == fixed and rig.app.asked == [fixed, bad, fixed]
+    assert not version_dir(rig.target, bad).exists()
+    live = {name: (rig.target / name).read_bytes() for name in ("app.yaml", *static)}
+    assert live == {**FIXED, **static}
+    assert all(inode(good, name) == inode(fixed, name) for name in static)
