@@ -14,8 +14,8 @@ in the way: a failed write is logged and counted, and retried at the next commit
 
 After a commit (but the first), the state write and the pruning of old versions run in the background:
 the next version's pass does not wait for them. Writes are serialized and each writes the state as it
-is when its turn comes; pruning never runs during a promotion (`_target_lock`); at shutdown pending
-writes get a few seconds to finish (`drain`).
+is when its turn comes; pruning never runs during a promotion (`_target_lock`); the phase is
+"recording" rather than "idle" until they are done; at shutdown they get a few seconds to finish (`drain`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -226,8 +226,8 @@ class Reloader:
                 self._degrade(f"internal error while version {live} (not verified) is live: {e}"[:500])
         finally:
             structlog.contextvars.clear_contextvars()
-            if self.state.phase not in ("degraded", "held"):
-                self.state.phase = "idle"
+            if self.state.phase not in ("degraded", "held"):  # idle once the background work is done too
+                self.state.phase = "recording" if self._background else "idle"
 
     async def sync(self) -> None:
         """One pass: read the source and take it as far through the pipeline as it deserves."""
@@ -470,9 +470,17 @@ class Reloader:
 
     def _after(self, *, write: bool) -> None:
         """After a commit, in the background: write the state file (if `write`), then prune old versions."""
-        task: asyncio.Task[object] = asyncio.create_task(self._record(write), name="record")
+        self._in_background(self._record(write), "record")
+
+    def _in_background(self, work: Coroutine[object, object, object], name: str) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(work, name=name)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[object]) -> None:
+        self._background.discard(task)
+        if not self._background and self.state.phase == "recording":
+            self.state.phase = "idle"
 
     async def _record(self, write: bool) -> None:
         try:
@@ -490,10 +498,7 @@ class Reloader:
         the background instead (False: not written yet).
         """
         if not wait and self._state_lock.locked():
-            # if it fails too, the next pass retries
-            task: asyncio.Task[object] = asyncio.create_task(self._persist(), name="state-write")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._persist(), "state-write")  # if it fails too, the next pass retries
             return False
         async with self._state_lock:
             try:

@@ -42,6 +42,7 @@ Phase = Literal[
     "rolling_back",
     "degraded",
     "held",
+    "recording",  # ready, with the last commit's state write or pruning still running in the background
     "stopping",
 ]
 

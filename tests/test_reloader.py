@@ -541,9 +541,11 @@ async def test_the_next_pass_does_not_wait_for_the_state_write(
     v4 = await asyncio.wait_for(rig.apply(newest), 30)
     assert rig.app.asked == [fixed, v4], "the second reload request is made while the first write waits"
     assert writer.written == [] and rig.state.last_good == v4 and rig.state.ready
+    assert rig.state.phase == "recording", "/status is not idle while the writes wait"
     writer.gate.set()
     await rig.reloader.drain()
     assert writer.written == [fixed, v4], "one write per commit, in commit order"
+    assert rig.state.phase == "idle"
     assert json.loads((rig.target / STATE_FILE).read_text())["last_good"] == v4
     assert rig.metric("reload_sidecar_state_write_failures_total") == 0
 
