@@ -164,10 +164,10 @@ _RISKY = tuple(
         rf"=(?<!{_BEFORE}=)(?=[ \t]*(?:[\]}},:#]|[^\S \t]|\Z))",  # a plain `=`: the `value` tag, no constructor
         # a flow collection as a mapping key (unhashable); possessive: no backtracking on hostile text
         *(rf"{c}(?:\s|#[^\n\r\x85\u2028\u2029]*+)*+:" for c in (r"\]", r"\}")),
+        r"<<",  # a merge key, or a `<<` value (no constructor)
+        r"0[bx]_",  # `0b_`, `0x_`: an int with no digits (a regex: `"0x_" in text` is slow on text full of x)
     )
 )
-# A merge key, or a `<<` value (no constructor); `0b_`, `0x_`: an int with no digits.
-_RISKY_STRINGS = ("<<", "0b_", "0x_")
 # The plain scalars the timestamp resolver may take, from their first '-' (with what may follow them,
 # folded lines included): each one found is built to see whether it is a real date and time.
 _TIMESTAMP = re.compile(
@@ -180,7 +180,7 @@ _DIGIT_RUNS = bytes(1 if chr(b) in "0123456789_" else 0 for b in range(256))
 
 def _needs_building(text: str) -> bool:
     """Could building `text`'s documents fail where parsing it did not? (True when unsure.)"""
-    if any(s in text for s in _RISKY_STRINGS) or any(r.search(text) for r in _RISKY):
+    if any(r.search(text) for r in _RISKY):
         return True
     limit = _digit_limit()  # an integer longer than this cannot be built; counted on bytes, in C
     if limit and len(text) > limit and b"\1" * (limit + 1) in text.encode().translate(_DIGIT_RUNS):
