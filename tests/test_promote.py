@@ -504,3 +504,48 @@ def test_a_near_full_target_takes_a_one_file_change(target: Path, monkeypatch: p
     with pytest.raises(NoSpaceError):  # a copy of the whole version does not fit
         promote(v2, target)
     assert promote(v2, target, base=v1) is True and _live(target) == v2.files
+
+
+def test_sigkill_while_linking_never_tears_the_target(target: Path) -> None:
+    """A child promotes versions that each change one of 200 files (the rest linked) and prune, and is
+    SIGKILLed at random instants: `..data` always shows exactly one whole version, every version dir left
+    on disk holds its own bytes, and the next life (after `clean_leftovers`) links from it again."""
+    import random
+    import signal
+    import time
+
+    rng = random.Random(14)
+    files = {f"d{i % 4}/f{i:03}": f"{i}\n".encode() * 50 for i in range(200)}
+    snaps = [_snap(files)]
+    for n in range(1, 400):
+        files = {**files, f"d{n % 4}/f{n % 200:03}": f"v{n}\n".encode() * 50}
+        snaps.append(_snap(files))
+    by_version = {s.version: s for s in snaps}
+    promote(snaps[0], target)
+    killed_mid_promotion = 0
+    for _ in range(25):
+        start = snaps.index(by_version[str(current_version(target))])
+        pid = os.fork()
+        if pid == 0:  # the child: promote onwards from the live version, as the sidecar would
+            try:
+                for prev, snap in zip(snaps[start:], snaps[start + 1 :], strict=False):
+                    promote(snap, target, base=prev)
+                    prune(target, 2, {snap.version})
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0.005, 0.05))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        live = by_version[str(current_version(target))]
+        killed_mid_promotion += live is not snaps[-1]
+        assert _live(target) == live.files, "..data shows one whole version"
+        for entry in target.iterdir():
+            if entry.name.startswith("..v-"):
+                version = entry.name[len("..v-") :]
+                assert _dir_files(target, version) == by_version[version].files, entry.name
+        clean_leftovers(target)
+    assert killed_mid_promotion >= 20, "the kills must land while versions are being promoted"
+    live = by_version[str(current_version(target))]
+    assert snaps.index(live) >= 25, "the lives must have promoted many versions"
+    shared = [p for p in version_dir(target, live.version).rglob("f*") if p.stat().st_nlink > 1]
+    assert len(shared) >= 150, "the versions on disk share their unchanged files"
