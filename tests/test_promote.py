@@ -533,7 +533,10 @@ def test_sigkill_while_linking_never_tears_the_target(target: Path) -> None:
                     prune(target, 2, {snap.version})
             finally:
                 os._exit(0)
-        time.sleep(rng.uniform(0.005, 0.05))
+        before, deadline = current_version(target), time.monotonic() + 30
+        while current_version(target) == before and time.monotonic() < deadline:  # one promotion per life
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.02))  # then a random instant of the next ones
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         live = by_version[str(current_version(target))]
