@@ -10,6 +10,13 @@ Every step is a rename or a symlink, so a SIGKILL at any instant leaves `..data`
 leftovers (`..tmp-*`, `..del-*`, `..check-*`, `..data_tmp`) are removed by `clean_leftovers` at start-up,
 and a promotion that fails removes its own partial `..tmp-*` at once. Staging checks the free space
 first (`NoSpaceError`), so a full target is refused with a clear reason before anything is written.
+
+The invariant that makes sharing safe: a version dir is never edited in place. Its files are created
+once, in `..tmp-*`, and from then on only read, renamed with the dir, or deleted with it; the app
+mounts the target read-only. So a file whose bytes are the same as in the version it replaces is a
+hard link to that version's file (same inode: no copy, no fsync, no space), a changed file is always
+a new inode, and deleting an old version only removes its links. "The same" is decided on the bytes
+themselves, held in memory for rollback anyway (`base`): never on a name, an mtime or a size alone.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,6 +59,7 @@ _LEFTOVERS = ("..tmp-", "..del-", "..check-", "..link-")
 # Kept free beyond a version's own blocks: the state file (bounded, tens of KB), links, a rename's new entries.
 SPACE_MARGIN = 64 * 1024
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_MODE = 0o644  # every file of a version, as the kubelet writes them
 
 
 class PromoteError(OSError):
@@ -75,8 +83,12 @@ def current_version(target: Path) -> str | None:
     return link[len(_PREFIX) :] if link.startswith(_PREFIX) else None
 
 
-def promote(snapshot: Snapshot, target: Path, *, fsync: bool = True) -> bool:
+def promote(snapshot: Snapshot, target: Path, *, fsync: bool = True, base: Snapshot | None = None) -> bool:
     """Make `snapshot` the live version; False when it already was.
+
+    `base` is a version whose dir we wrote earlier (the last good one): each file with the same bytes
+    is linked from it instead of written again. A link that cannot be made (the base dir is gone, EXDEV,
+    EMLINK, a filesystem without hard links) falls back to a copy.
 
     Raises `NoSpaceError` when the target lacks room (nothing changed), `PromoteError` otherwise. If the
     error comes after the `..data` swap (a top-level link), `..data` already points at the new version:
@@ -90,8 +102,9 @@ def promote(snapshot: Snapshot, target: Path, *, fsync: bool = True) -> bool:
             return False
         _check_top_links(target, top_level(snapshot))
         if not final.is_dir():
-            check_space(target, snapshot)
-            _write_version(target, snapshot, fsync)
+            links = _unchanged(target, snapshot, base)
+            check_space(target, snapshot, set(links))
+            _write_version(target, snapshot, fsync, links)
             wrote = True
         else:  # only ever created by a rename of a complete, synced dir: reuse it
             os.utime(final)
@@ -112,29 +125,47 @@ def promote(snapshot: Snapshot, target: Path, *, fsync: bool = True) -> bool:
         raise PromoteError(f"promotion into {target} failed: {e}") from e
 
 
-def space_needed(snapshot: Snapshot, block: int) -> int:
+def space_needed(snapshot: Snapshot, block: int, linked: Set[str] = frozenset()) -> int:
     """Bytes a version takes on a filesystem with `block`-byte blocks: each file and dir rounded up, plus
-    `SPACE_MARGIN` for the state file and links."""
-    data = sum(-(-len(b) // block) * block for b in snapshot.files.values())
+    `SPACE_MARGIN` for the state file and links. A `linked` file shares its blocks with the base version."""
+    data = sum(-(-len(b) // block) * block for name, b in snapshot.files.items() if name not in linked)
     return data + len(_dirs(snapshot)) * block + SPACE_MARGIN
 
 
-def _dirs(snapshot: Snapshot) -> set[Path]:
-    """The directories a version dir holds, itself included (as ".")."""
-    return {Path("."), *(p for name in snapshot.files for p in Path(name).parents)}
+def _dirs(snapshot: Snapshot) -> set[str]:
+    """The directories a version dir holds, itself included (as ""), parents before children."""
+    dirs = {""}
+    for name in snapshot.files:
+        _add_parents(name, dirs)
+    return dirs
 
 
-def check_space(target: Path, snapshot: Snapshot) -> None:
-    """Raise `NoSpaceError` when `target` has too few free bytes (or inodes) for `snapshot`."""
+def _add_parents(name: str, dirs: set[str]) -> list[str]:
+    """Add the dirs above `name` (a relative posix path) to `dirs`; returns the new ones, outermost first.
+
+    Strings, not `Path`s: with a thousand files, pathlib's parsing costs more than the links themselves.
+    """
+    new: list[str] = []
+    parent = name.rpartition("/")[0]
+    while parent not in dirs:
+        new.append(parent)
+        parent = parent.rpartition("/")[0]
+    dirs.update(new)
+    return new[::-1]
+
+
+def check_space(target: Path, snapshot: Snapshot, linked: Set[str] = frozenset()) -> None:
+    """Raise `NoSpaceError` when `target` has too few free bytes (or inodes) for `snapshot`, whose
+    `linked` files take neither."""
     try:
         st = os.statvfs(target)
     except OSError:
         return  # cannot tell: let the write itself find out
     block = st.f_frsize or st.f_bsize or 4096
-    free, needed = st.f_bavail * block, space_needed(snapshot, block)
+    free, needed = st.f_bavail * block, space_needed(snapshot, block, linked)
     if free < needed:
         raise NoSpaceError(f"target {target} has {free} bytes free, version {snapshot.version} needs {needed}")
-    inodes = len(snapshot.files) + len(_dirs(snapshot)) + 16
+    inodes = len(snapshot.files) - len(linked) + len(_dirs(snapshot)) + 16
     if st.f_files and st.f_favail < inodes:  # f_files == 0: the filesystem has no inode limit
         raise NoSpaceError(f"target {target} has {st.f_favail} inodes free, version {snapshot.version} needs {inodes}")
 
@@ -152,30 +183,57 @@ def activate(target: Path, version: str) -> None:
         raise PromoteError(f"rollback into {target} failed: {e}") from e
 
 
-def _write_version(target: Path, snapshot: Snapshot, fsync: bool) -> None:
+def _unchanged(target: Path, snapshot: Snapshot, base: Snapshot | None) -> dict[str, str]:
+    """Name -> the base version's file to link, for each file whose bytes are the base's.
+
+    The base's file on disk must still look as written (a regular file of that size and mode): a
+    damaged or missing one is copied instead.
+    """
+    if base is None or base.version == snapshot.version:
+        return {}
+    base_dir = os.fspath(version_dir(target, base.version))
+    links: dict[str, str] = {}
+    for name, data in snapshot.files.items():
+        if base.files.get(name) != data:
+            continue
+        source = f"{base_dir}/{name}"
+        try:
+            st = os.lstat(source)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == len(data) and stat.S_IMODE(st.st_mode) == _MODE:
+            links[name] = source
+    return links
+
+
+def _write_version(target: Path, snapshot: Snapshot, fsync: bool, links: dict[str, str]) -> None:
     """Write the version into `..tmp-*` and rename it into place; on any error the partial dir is removed."""
     tmp = target / f"..tmp-{snapshot.version}-{secrets.token_hex(4)}"
     _mkdir(tmp)
     try:
-        _fill(tmp, snapshot, fsync)
+        _fill(tmp, snapshot, fsync, links)
         os.rename(tmp, version_dir(target, snapshot.version))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _fill(tmp: Path, snapshot: Snapshot, fsync: bool) -> None:
-    dirs: list[Path] = [tmp]
+def _fill(tmp: Path, snapshot: Snapshot, fsync: bool, links: dict[str, str]) -> None:
+    root = os.fspath(tmp)
+    made = {""}
+    dirs: list[str] = [root]
     pending: list[int] = []
     for name, data in snapshot.files.items():
-        path = tmp / name
-        for parent in reversed(path.relative_to(tmp).parents[:-1]):
-            if not (tmp / parent).is_dir():
-                _mkdir(tmp / parent)
-                dirs.append(tmp / parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        path = f"{root}/{name}"
+        for parent in _add_parents(name, made):
+            _mkdir(f"{root}/{parent}")
+            dirs.append(f"{root}/{parent}")
+        # A linked file's data is already durable: only its new dir entry needs the dir fsync below.
+        if name in links and _link(links[name], path):
+            continue
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _MODE)
         try:
-            os.fchmod(fd, 0o644)  # explicit, like the kubelet: the umask must not hide files from the app
+            os.fchmod(fd, _MODE)  # explicit, like the kubelet: the umask must not hide files from the app
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -189,6 +247,15 @@ def _fill(tmp: Path, snapshot: Snapshot, fsync: bool) -> None:
     if fsync:
         for directory in reversed(dirs):
             fsync_dir(directory)
+
+
+def _link(source: str, path: str) -> bool:
+    """Hard-link `source` as `path`; False when it cannot be (then the file is written instead)."""
+    try:
+        os.link(source, path, follow_symlinks=False)
+    except OSError:  # EMLINK, EXDEV, EPERM (no hard links here), ENOENT (base dir deleted): all copy
+        return False
+    return True
 
 
 def _sync_and_close(fds: list[int], fsync: bool) -> None:
@@ -206,9 +273,9 @@ def _sync_and_close(fds: list[int], fsync: bool) -> None:
         fds.clear()
 
 
-def _mkdir(path: Path) -> None:
-    path.mkdir()
-    path.chmod(0o755)
+def _mkdir(path: str | Path) -> None:
+    os.mkdir(path)
+    os.chmod(path, 0o755)  # noqa: S103  # explicit, like the files: the app (another UID) reads the dir
 
 
 def _swap(target: Path, link_to: str, name: str) -> None:
@@ -228,29 +295,36 @@ def _sync_links(target: Path, snapshot: Snapshot) -> None:
     _sync_top_links(target, top_level(snapshot))
 
 
-def _check_top_links(target: Path, top_level: set[str]) -> None:
+def _check_top_links(target: Path, top_level: set[str], entries: dict[str, os.DirEntry[str]] | None = None) -> None:
     """Refuse before anything changes if a top-level link would have to replace something not ours."""
+    entries = _top_entries(target) if entries is None else entries
     for name in top_level:
-        link = target / name
-        if not link.is_symlink() and os.path.lexists(link):
-            raise PromoteError(f"{link} exists and is not our symlink; refusing to replace it")
+        entry = entries.get(name)
+        if entry is not None and not entry.is_symlink():
+            raise PromoteError(f"{target / name} exists and is not our symlink; refusing to replace it")
+
+
+def _top_entries(target: Path) -> dict[str, os.DirEntry[str]]:
+    """The target's entries but its own `..` ones, from one listing (a thousand links: one scandir, not
+    a thousand `lstat`s)."""
+    with os.scandir(target) as listing:
+        return {entry.name: entry for entry in listing if not entry.name.startswith("..")}
 
 
 def _sync_top_links(target: Path, top_level: set[str]) -> None:
     """Create `name -> ..data/name` for each top-level name; drop our links for names that are gone."""
-    for entry in os.scandir(target):
-        if entry.name.startswith(".."):
-            continue
-        ours = entry.is_symlink() and os.readlink(entry.path).startswith(f"{DATA}/")
-        if entry.name not in top_level and ours:
+    entries = _top_entries(target)
+    for name, entry in list(entries.items()):
+        if name not in top_level and entry.is_symlink() and os.readlink(entry.path).startswith(f"{DATA}/"):
             os.unlink(entry.path)
-    _check_top_links(target, top_level)
+            del entries[name]
+    _check_top_links(target, top_level, entries)
     for name in top_level:
-        if not (target / name).is_symlink():
+        if name not in entries:  # present means a symlink (checked above): ours, or someone's we leave alone
             _swap(target, f"{DATA}/{name}", name)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     """Make the entries of `path` (new files, renames) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -11,6 +11,11 @@ The rule after a promotion: anything that goes wrong before the version is commi
 or verification, an exception of any kind) rolls back to the last good version and signals the app, or,
 if that fails too, marks the sidecar degraded (not ready) with the reason. State-file writes never stand
 in the way: a failed write is logged and counted, and retried at the next commit or pass.
+
+After a commit (but the first), the state write and the pruning of old versions run in the background:
+the next version's pass does not wait for them. Writes are serialized and each writes the state as it
+is when its turn comes; pruning never runs during a promotion (`_target_lock`); the phase is
+"recording" rather than "idle" until they are done; at shutdown they get a few seconds to finish (`drain`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -28,7 +33,7 @@ import structlog
 from . import promote as _promote
 from .settings import Settings
 from .snapshot import Snapshot, SourceError, read_configured
-from .state import State, load_state, save_state
+from .state import State, load_state, save_state, state_doc, write_state
 from .trigger import Trigger, TriggerError
 from .validate import Checks, validate
 from .watch import changes
@@ -93,6 +98,9 @@ class Reloader:
         # it even if its dir was deleted and the source has moved on. None after a restart until the source
         # shows it again.
         self._good_snap: Snapshot | None = None
+        self._state_lock = asyncio.Lock()  # one state write at a time, in order
+        self._target_lock = asyncio.Lock()  # background pruning never runs during a promotion
+        self._background: set[asyncio.Task[object]] = set()  # state writes and pruning after a commit
 
     @staticmethod
     async def once(settings: Settings) -> bool:
@@ -193,6 +201,19 @@ class Reloader:
                     raise  # we are being cancelled ourselves, not just the pass
         self._set_ready(False, "shutting down")
         self.state.phase = "stopping"
+        await self.drain()
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait for the background state writes and pruning (at most `timeout_s`); cancel what is left."""
+        pending = set(self._background)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        if late:
+            log.warning("state_write_abandoned", reason=f"still running after {timeout_s} s at shutdown")
 
     async def pass_once(self) -> None:
         """One `sync` with the worker's safety net: a bug in one pass must not end the sidecar."""
@@ -206,8 +227,8 @@ class Reloader:
                 self._degrade(f"internal error while version {live} (not verified) is live: {e}"[:500])
         finally:
             structlog.contextvars.clear_contextvars()
-            if self.state.phase not in ("degraded", "held"):
-                self.state.phase = "idle"
+            if self.state.phase not in ("degraded", "held"):  # idle once the background work is done too
+                self.state.phase = "recording" if self._background else "idle"
 
     async def sync(self) -> None:
         """One pass: read the source and take it as far through the pipeline as it deserves."""
@@ -307,7 +328,8 @@ class Reloader:
         state.phase = "promoting"
         t = time.perf_counter()
         try:
-            wrote = await self._promote_making_room(snap)
+            async with self._target_lock:
+                wrote = await self._promote_making_room(snap)
         except Exception as e:  # PromoteError, or a bug: either way, what matters is where ..data points
             live = await asyncio.to_thread(_promote.current_version, self.s.target_dir)
             if live != p.version:  # nothing changed: retried at the next pass, never remembered as bad
@@ -345,7 +367,8 @@ class Reloader:
 
     async def _promote_making_room(self, snap: Snapshot) -> bool:
         """`promote.promote`; when the target is short of space, old history versions go first (one retry)."""
-        call = functools.partial(_promote.promote, snap, self.s.target_dir)
+        # Files unchanged since the last good version are hard links to its (protected) dir, not copies.
+        call = functools.partial(_promote.promote, snap, self.s.target_dir, base=self._good_snap)
         try:
             return await _blocking(snap.small, call)
         except _promote.NoSpaceError as e:
@@ -434,30 +457,65 @@ class Reloader:
         self.metrics.last_successful.set(1)
         duration = time.perf_counter() - p.started
         self.metrics.duration.observe(duration)
-        if await self._persist() or not first:
+        if not first:
             self._set_ready(True)  # a verified version whose record failed stays: the write is retried
+            self._after(write=True)  # off the critical path: the next version's pass does not wait for it
+        elif await self._persist():
+            self._set_ready(True)
+            self._after(write=False)
         else:
             # The app starts on the first version once /readyz says so: not before it is on record, or a
             # restart would take it for an unverified version and reload an app that never started.
             self._unrecorded = True
             self._degrade(f"version {p.version} is live but not recorded in the state file; retried at each resync")
-        await asyncio.to_thread(self._prune, self.s.history)
+            self._after(write=False)
         log.info("committed", how=how, duration_ms=_ms(duration))
 
-    async def _persist(self) -> bool:
-        """Write the state file; best effort: a failure is logged, counted and retried at the next pass."""
+    def _after(self, *, write: bool) -> None:
+        """After a commit, in the background: write the state file (if `write`), then prune old versions."""
+        self._in_background(self._record(write), "record")
+
+    def _in_background(self, work: Coroutine[object, object, object], name: str) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[object]) -> None:
+        self._background.discard(task)
+        if not self._background and self.state.phase == "recording":
+            self.state.phase = "idle"
+
+    async def _record(self, write: bool) -> None:
         try:
-            await asyncio.to_thread(save_state, self.s.target_dir, self.state)
-        except Exception as e:
-            self._dirty = True
-            self.metrics.state_write_failures.inc()
-            self.state.error(f"state file not written ({e}); retried at the next commit or resync")
-            log.error("state_write_failed", error=str(e))
+            if write:
+                await self._persist()
+            async with self._target_lock:
+                await asyncio.to_thread(self._prune, self.s.history)
+        except Exception as e:  # a bug here must not go unseen (nobody awaits this task's result)
+            log.exception("record_failed", error=str(e))
+
+    async def _persist(self, wait: bool = True) -> bool:
+        """Write the state file; best effort: a failure is logged, counted and retried at the next pass.
+
+        Writes are serialized; with `wait=False` and a write under way, this one is queued after it in
+        the background instead (False: not written yet).
+        """
+        if not wait and self._state_lock.locked():
+            self._in_background(self._persist(), "state-write")  # if it fails too, the next pass retries
             return False
-        if self._dirty:
-            self._dirty = False
-            log.info("state_written", after="an earlier failed write")
-        return True
+        async with self._state_lock:
+            try:
+                await asyncio.to_thread(write_state, self.s.target_dir, state_doc(self.state))
+            except Exception as e:
+                self._dirty = True
+                self.metrics.state_write_failures.inc()
+                self.state.error(f"state file not written ({e}); retried at the next commit or resync")
+                log.error("state_write_failed", error=str(e))
+                return False
+            if self._dirty:
+                self._dirty = False
+                log.info("state_written", after="an earlier failed write")
+            return True
 
     def _prune(self, keep: int) -> list[str]:
         """Old versions beyond `keep` deleted (never the live or last good one); best effort."""
@@ -475,8 +533,8 @@ class Reloader:
         self.state.quarantine(bad, reason, stage)
         self.metrics.last_successful.set(0)
         # Before the rollback, so a crash during it still finds the version quarantined; but only best
-        # effort: a full disk must not keep a bad version live.
-        await self._persist()
+        # effort: a full disk, or an earlier commit's write still under way, must not keep a bad version live.
+        await self._persist(wait=False)
         self.state.error(f"version {bad} failed at {stage}: {reason}")
         await self._rollback(bad, reason)
 

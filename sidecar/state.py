@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 from .promote import fsync_dir
 
-__all__ = ["STATE_FILE", "Phase", "Refusal", "State", "load_state", "save_state"]
+__all__ = ["STATE_FILE", "Phase", "Refusal", "State", "load_state", "save_state", "state_doc", "write_state"]
 
 STATE_FILE = "..reload-sidecar-state.json"
 T = TypeVar("T")
@@ -42,6 +42,7 @@ Phase = Literal[
     "rolling_back",
     "degraded",
     "held",
+    "recording",  # ready, with the last commit's state write or pruning still running in the background
     "stopping",
 ]
 
@@ -139,10 +140,20 @@ def save_state(target: Path, state: State) -> None:
 
     The live version is not stored: `..data` says it, and a restart re-verifies it unless it is last good.
     """
-    doc = {
+    write_state(target, state_doc(state))
+
+
+def state_doc(state: State) -> dict[str, Any]:
+    """What `save_state` writes, taken at once (on the event loop: the write may then run in a thread
+    while the loop changes `state`)."""
+    return {
         "last_good": state.last_good,
         "quarantined": {v: asdict(r) for v, r in state.quarantined.items()},
     }
+
+
+def write_state(target: Path, doc: dict[str, Any]) -> None:
+    """Write a `state_doc` atomically and durably; one writer at a time (the temp name is per process)."""
     tmp = target / f"..tmp-state-{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .checker import StagingError, run_command, stage_files
-from .parsers import parse_json, parse_yaml, position
+from .parsers import check_yaml, parse_json, parse_yaml, position
 from .snapshot import Snapshot
 from .validators import FORMATS, Locate, Parsed, Problem, ValidatorSpec, formats, schema_paths
 from .validators import ProblemError as _Problem
@@ -148,6 +148,9 @@ def find_problems(files: dict[str, bytes], specs: Iterable[ValidatorSpec]) -> li
 
 def _check_file(name: str, data: bytes, fmt: str, schemas: list[dict[str, Any]]) -> tuple[Problem, ...]:
     try:
+        if not schemas and fmt == "yaml":  # nothing needs the documents: the same verdict, not built
+            check_yaml(_decode(data))
+            return ()
         docs, locate = _parse(data, fmt)
     except _Problem as e:
         return (e.at(name),)

@@ -10,6 +10,7 @@ target/
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -387,3 +388,167 @@ def test_restore_replaces_a_damaged_version_dir(target: Path) -> None:
     restore(snap, target)
     assert _live(target) == {"a": b"1", "b": b"2"}
     assert not [n for n in _entries(target) if n.startswith(("..del-", "..tmp-"))]
+
+
+def _ino(target: Path, version: str, name: str) -> int:
+    return os.lstat(version_dir(target, version) / name).st_ino
+
+
+def _dir_files(target: Path, version: str) -> dict[str, bytes]:
+    vdir = version_dir(target, version)
+    return {p.relative_to(vdir).as_posix(): p.read_bytes() for p in sorted(vdir.rglob("*")) if p.is_file()}
+
+
+V1 = {"app.yaml": "a: 1\n", "conf.d/x.conf": "x " * 500, "conf.d/y.conf": "y", "big.bin": b"\x00" * 70_000}
+
+
+def test_unchanged_files_are_hard_links_to_the_base_version(target: Path) -> None:
+    """Files with the base's bytes share its inode; the changed one is a new inode; the old one is untouched."""
+    v1 = _snap(V1)
+    v2 = _snap({**V1, "conf.d/y.conf": "y changed"})
+    promote(v1, target)
+    assert promote(v2, target, base=v1) is True
+    for name in ("app.yaml", "conf.d/x.conf", "big.bin"):
+        assert _ino(target, v2.version, name) == _ino(target, v1.version, name), name
+        assert os.lstat(version_dir(target, v2.version) / name).st_mode & 0o7777 == 0o644
+    assert _ino(target, v2.version, "conf.d/y.conf") != _ino(target, v1.version, "conf.d/y.conf")
+    assert _dir_files(target, v1.version) == v1.files, "promoting a change never alters an older version"
+    assert _dir_files(target, v2.version) == _live(target) == v2.files
+
+
+def test_a_changed_file_never_alters_any_older_version(target: Path) -> None:
+    """Five versions, each changing one file and linking the rest: every version dir keeps its own bytes."""
+    versions = [_snap(V1)]
+    promote(versions[0], target)
+    for i in range(4):
+        files = {**versions[-1].files, ("app.yaml", "conf.d/y.conf")[i % 2]: f"edit {i}\n".encode()}
+        versions.append(_snap(files))
+        promote(versions[-1], target, base=versions[-2])
+    for snap in versions:
+        assert _dir_files(target, snap.version) == snap.files
+    assert _ino(target, versions[-1].version, "big.bin") == _ino(target, versions[0].version, "big.bin")
+    assert os.lstat(version_dir(target, versions[0].version) / "big.bin").st_nlink == 5
+
+
+def test_rollback_after_linking_serves_the_old_bytes(target: Path) -> None:
+    """Back on the base version (`activate`, as a rollback does): the app reads the base's bytes again."""
+    v1 = _snap(V1)
+    v2 = _snap({**V1, "app.yaml": "a: 2\n"})
+    promote(v1, target)
+    promote(v2, target, base=v1)
+    activate(target, v1.version)
+    assert _live(target) == v1.files
+    assert promote(v2, target, base=v1) is True and _live(target) == v2.files
+
+
+def test_pruning_the_base_version_keeps_the_shared_files(target: Path) -> None:
+    """Deleting an old version removes only its links: the live version's shared files stay whole."""
+    v1 = _snap(V1)
+    v2 = _snap({**V1, "app.yaml": "a: 2\n"})
+    promote(v1, target)
+    promote(v2, target, base=v1)
+    assert prune(target, keep=0, protect=set()) == [v1.version]
+    assert not version_dir(target, v1.version).exists()
+    assert _live(target) == _dir_files(target, v2.version) == v2.files
+    assert os.lstat(version_dir(target, v2.version) / "big.bin").st_nlink == 1
+    discard_me = _snap({**V1, "app.yaml": "a: 3\n"})
+    promote(discard_me, target, base=v2)
+    activate(target, v2.version)
+    assert discard(target, discard_me.version) and _live(target) == v2.files
+
+
+@pytest.mark.parametrize("err", [errno.EMLINK, errno.EXDEV, errno.EPERM], ids=["EMLINK", "EXDEV", "EPERM"])
+def test_a_link_that_cannot_be_made_falls_back_to_a_copy(
+    target: Path, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    """EMLINK (too many links), EXDEV, EPERM (no hard links here): each file is written instead, whole."""
+    v1 = _snap(V1)
+    v2 = _snap({**V1, "app.yaml": "a: 2\n"})
+    promote(v1, target)
+    tried: list[str] = []
+
+    def no_link(src: str, dst: str, *, follow_symlinks: bool = True) -> None:
+        tried.append(dst)
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "link", no_link)
+    promote(v2, target, base=v1)
+    assert len(tried) == 3, "the three unchanged files were tried as links"
+    assert _ino(target, v2.version, "big.bin") != _ino(target, v1.version, "big.bin")
+    assert _dir_files(target, v2.version) == _live(target) == v2.files
+    assert os.lstat(version_dir(target, v2.version) / "big.bin").st_mode & 0o7777 == 0o644
+
+
+def test_a_base_file_not_as_written_is_copied(target: Path) -> None:
+    """The base's file on disk must still be a regular 0644 file of the right size, or it is not linked."""
+    v1 = _snap(V1)
+    v2 = _snap({**V1, "app.yaml": "a: 2\n"})
+    promote(v1, target)
+    (version_dir(target, v1.version) / "big.bin").chmod(0o600)
+    os.truncate(version_dir(target, v1.version) / "conf.d/x.conf", 10)
+    promote(v2, target, base=v1)
+    assert _ino(target, v2.version, "big.bin") != _ino(target, v1.version, "big.bin")
+    assert _ino(target, v2.version, "conf.d/x.conf") != _ino(target, v1.version, "conf.d/x.conf")
+    assert _ino(target, v2.version, "conf.d/y.conf") == _ino(target, v1.version, "conf.d/y.conf")
+    assert _dir_files(target, v2.version) == v2.files
+
+
+def test_a_near_full_target_takes_a_one_file_change(target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linked files need no blocks or inodes: with room for one small file only, a one-file edit fits."""
+    v1 = _snap({**{f"f{i}": f"{i}" * 40_000 for i in range(10)}, "small": "s"})
+    v2 = _snap({**v1.files, "small": "changed"})
+    promote(v1, target)
+    room = space_needed(v2, 4096, linked=set(v2.files) - {"small"}) // 4096
+    assert room < space_needed(v2, 4096) // 4096
+    monkeypatch.setattr(os, "statvfs", lambda path: _Statvfs(blocks=room, inodes=20))
+    with pytest.raises(NoSpaceError):  # a copy of the whole version does not fit
+        promote(v2, target)
+    assert promote(v2, target, base=v1) is True and _live(target) == v2.files
+
+
+def test_sigkill_while_linking_never_tears_the_target(target: Path) -> None:
+    """A child promotes versions that each change one of 200 files (the rest linked) and prune, and is
+    SIGKILLed at random instants: `..data` always shows exactly one whole version, every version dir left
+    on disk holds its own bytes, and the next life (after `clean_leftovers`) links from it again."""
+    import random
+    import signal
+    import time
+
+    rng = random.Random(14)
+    files = {f"d{i % 4}/f{i:03}": f"{i}\n".encode() * 50 for i in range(200)}
+    snaps = [_snap(files)]
+    for n in range(1, 400):
+        files = {**files, f"d{n % 4}/f{n % 200:03}": f"v{n}\n".encode() * 50}
+        snaps.append(_snap(files))
+    by_version = {s.version: s for s in snaps}
+    promote(snaps[0], target)
+    killed_mid_promotion = 0
+    for _ in range(25):
+        start = snaps.index(by_version[str(current_version(target))])
+        pid = os.fork()
+        if pid == 0:  # the child: promote onwards from the live version, as the sidecar would
+            try:
+                for prev, snap in zip(snaps[start:], snaps[start + 1 :], strict=False):
+                    promote(snap, target, base=prev)
+                    prune(target, 2, {snap.version})
+            finally:
+                os._exit(0)
+        before, deadline = current_version(target), time.monotonic() + 30
+        while current_version(target) == before and time.monotonic() < deadline:  # one promotion per life
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.02))  # then a random instant of the next ones
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        live = by_version[str(current_version(target))]
+        killed_mid_promotion += live is not snaps[-1]
+        assert _live(target) == live.files, "..data shows one whole version"
+        for entry in target.iterdir():
+            if entry.name.startswith("..v-"):
+                version = entry.name[len("..v-") :]
+                assert _dir_files(target, version) == by_version[version].files, entry.name
+        clean_leftovers(target)
+    assert killed_mid_promotion >= 20, "the kills must land while versions are being promoted"
+    live = by_version[str(current_version(target))]
+    assert snaps.index(live) >= 25, "the lives must have promoted many versions"
+    shared = [p for p in version_dir(target, live.version).rglob("f*") if p.stat().st_nlink > 1]
+    assert len(shared) >= 150, "the versions on disk share their unchanged files"

@@ -16,6 +16,7 @@ size-limited tmpfs as the target (a real ENOSPC); as non-root they fail with a P
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
@@ -474,3 +475,116 @@ async def test_start_up_prunes_what_a_killed_life_left(tmp_path: Path, session: 
     left = sorted(p.name for p in rig.target.iterdir() if p.name.startswith("..v-"))
     assert len(left) == rig.reloader.s.history + 2, left  # history + the live one + the last good one
     assert f"..v-{live}" in left and f"..v-{good}" in left
+
+
+async def test_unchanged_files_are_linked_from_the_last_good_version(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """A new version shares the files it did not change with the last good one (same inode), never alters
+    the last good one's bytes, and a rollback from it serves them again."""
+    rig = _rig(tmp_path, session, on_bad=_raise(TriggerError("HTTP 500 from the app")))
+    rig.reloader.recover()
+    static = {"static/big.conf": b"x" * 50_000, "static/small.conf": b"y\n"}
+    good = await rig.apply({**GOOD, **static})
+    fixed = await rig.apply({**FIXED, **static})
+    assert rig.state.last_good == fixed and rig.app.asked == [fixed]
+
+    def inode(version: str, name: str) -> int:
+        return (version_dir(rig.target, version) / name).stat().st_ino
+
+    assert all(inode(good, name) == inode(fixed, name) for name in static)
+    assert inode(good, "app.yaml") != inode(fixed, "app.yaml")
+    assert (version_dir(rig.target, good) / "app.yaml").read_bytes() == GOOD["app.yaml"]
+
+    bad = await rig.apply({**BAD, **static})
+    assert current_version(rig.target) == fixed and rig.app.asked == [fixed, bad, fixed]
+    assert not version_dir(rig.target, bad).exists()
+    live = {name: (rig.target / name).read_bytes() for name in ("app.yaml", *static)}
+    assert live == {**FIXED, **static}
+    assert all(inode(good, name) == inode(fixed, name) for name in static)
+
+
+class _BlockedWriter:
+    """The state writer (`write_state`) with a gate: each write waits, in its thread, until `release`d."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import threading
+
+        from sidecar import reloader, state
+
+        self._real = state.write_state
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.written: list[str | None] = []
+        monkeypatch.setattr(reloader, "write_state", self)
+
+    def __call__(self, target: Path, doc: dict[str, object]) -> None:
+        self.entered.set()
+        assert self.gate.wait(60), "the test never released the state writer"
+        self._real(target, doc)
+        self.written.append(doc["last_good"])  # type: ignore[arg-type]
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 30), "no state write started"
+
+
+async def test_the_next_pass_does_not_wait_for_the_state_write(
+    tmp_path: Path, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit's state write still blocked (a slow disk): the next version's pass runs through its reload
+    request meanwhile; once the writes go through, in order, the state file names the newest last good."""
+    rig = _rig(tmp_path, session)
+    await _started(rig)
+    writer = _BlockedWriter(monkeypatch)
+    fixed = await asyncio.wait_for(rig.apply(FIXED), 30)  # returns with its state write still blocked
+    await writer.wait_entered()
+    newest = {"app.yaml": b"version: 4\nmode: newer\n"}
+    v4 = await asyncio.wait_for(rig.apply(newest), 30)
+    assert rig.app.asked == [fixed, v4], "the second reload request is made while the first write waits"
+    assert writer.written == [] and rig.state.last_good == v4 and rig.state.ready
+    assert rig.state.phase == "recording", "/status is not idle while the writes wait"
+    writer.gate.set()
+    await rig.reloader.drain()
+    assert writer.written == [fixed, v4], "one write per commit, in commit order"
+    assert rig.state.phase == "idle"
+    assert json.loads((rig.target / STATE_FILE).read_text())["last_good"] == v4
+    assert rig.metric("reload_sidecar_state_write_failures_total") == 0
+
+
+async def test_a_rollback_does_not_wait_for_a_blocked_state_write(
+    tmp_path: Path, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quarantine is written before a rollback only if no write is under way: a blocked commit write
+    never keeps a bad version live. The quarantine is written after it, and the file ends complete."""
+    rig = _rig(tmp_path, session, on_bad=_raise(TriggerError("HTTP 500 from the app")))
+    await _started(rig)
+    writer = _BlockedWriter(monkeypatch)
+    fixed = await asyncio.wait_for(rig.apply(FIXED), 30)
+    await writer.wait_entered()
+    bad = await asyncio.wait_for(rig.apply(BAD), 30)
+    assert current_version(rig.target) == fixed and rig.app.asked == [fixed, bad, fixed]
+    assert rig.state.ready and bad in rig.state.quarantined
+    writer.gate.set()
+    await rig.reloader.drain()
+    doc = json.loads((rig.target / STATE_FILE).read_text())
+    assert doc["last_good"] == fixed and bad in doc["quarantined"]
+
+
+async def test_shutdown_lets_a_pending_state_write_finish(
+    tmp_path: Path, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (the worker's stop) with a state write under way: the worker waits for it (bounded), so the
+    last commit is on record when the sidecar exits."""
+    rig = _rig(tmp_path, session)
+    await _started(rig)
+    writer = _BlockedWriter(monkeypatch)
+    fixed = await asyncio.wait_for(rig.apply(FIXED), 30)
+    await writer.wait_entered()
+    stop = asyncio.Event()
+    stop.set()
+    worker = asyncio.create_task(rig.reloader._work(stop))
+    await asyncio.sleep(0.2)
+    assert not worker.done(), "the worker waits for the pending write"
+    writer.gate.set()
+    await asyncio.wait_for(worker, 30)
+    assert json.loads((rig.target / STATE_FILE).read_text())["last_good"] == fixed
+    assert (rig.state.ready, rig.state.phase) == (False, "stopping")
