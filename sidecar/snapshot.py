@@ -177,6 +177,8 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    if include == ("*",) and not exclude:  # the default: `*` matches every name, `/` included
+        return True
     name = rel.rsplit("/", 1)[-1]
 
     def matches(glob: str) -> bool:
@@ -208,9 +210,9 @@ def _read(
     return found.snapshot()
 
 
-def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path]]:
+def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, str]]:
     """(relative name, path) of every entry that should be a file; problems for what may not be read."""
-    out: list[tuple[str, Path]] = []
+    out: list[tuple[str, str]] = []
     root_st = _stat_root(root)
     # Each directory carries its ancestors' identities: a loop is a directory that is its own ancestor.
     # A second link to a sibling is no loop and is walked again; `_MAX_FILES` bounds the directories.
@@ -227,7 +229,7 @@ def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path
         for entry in _listing(directory, prefix, problems):
             if entry.name.startswith(".."):
                 continue
-            rel, path = prefix + entry.name, Path(entry.path)
+            rel = prefix + entry.name
             st = _stat_inside(entry, rel, volume, problems)
             if st is None:
                 continue
@@ -238,9 +240,9 @@ def _walk(root: Path, volume: Path, problems: list[str]) -> list[tuple[str, Path
                 elif len(ancestors) > _MAX_DEPTH:
                     problems.append(f"{_shown(rel)}: directories nested deeper than {_MAX_DEPTH}; refused")
                 else:
-                    todo.append((path, rel + "/", ancestors | {ident}))
+                    todo.append((Path(entry.path), rel + "/", ancestors | {ident}))
             elif stat.S_ISREG(st.st_mode):
-                out.append((rel, path))
+                out.append((rel, entry.path))
             else:
                 problems.append(f"{_shown(rel)}: {_kind(st.st_mode)}, not a regular file; refused")
     out.sort()
@@ -316,7 +318,7 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def _read_file(path: Path, rel: str, found: _Found) -> bytes | None:
+def _read_file(path: str, rel: str, found: _Found) -> bytes | None:
     # O_NONBLOCK: if the entry was swapped for a FIFO after the stat, open() must not hang on it.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
@@ -334,9 +336,13 @@ def _read_file(path: Path, rel: str, found: _Found) -> bytes | None:
             return None
         chunks: list[bytes] = []
         size = 0
-        while chunk := os.read(fd, max(65536, found.max_file + 1 - size)):
+        # One read of the size fstat gave (+1, to see a file that grew); a buffer of the whole limit
+        # for every small file cost more than the copy.
+        want = min(st.st_size, found.max_file) + 1
+        while chunk := os.read(fd, want):
             chunks.append(chunk)
             size += len(chunk)
+            want = 65536
             if size > found.max_file:
                 found.problems.append(f"{rel}: grew past RELOAD_MAX_FILE_BYTES={found.max_file} while being read")
                 return None
