@@ -46,16 +46,13 @@ async def serve_sidecar(settings: Settings, life: Lifecycle) -> int:
     state, metrics = State(pod=settings.pod_name or os.uname().nodename), Metrics()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16, use_dns_cache=False))
     life.on_close(session.close)
+    gate = make_gate(settings, session, state.pod, metrics.peer_requests.inc, own_status=state.status)
     reloader = Reloader(
-        settings,
-        state,
-        metrics,
-        make_trigger(settings, session),
-        make_gate(settings, session, state.pod, metrics.peer_requests.inc),
-        session,
-        HealthCheck.from_settings(settings),
+        settings, state, metrics, make_trigger(settings, session), gate, session, HealthCheck.from_settings(settings)
     )
-    runner, port = await start_server(make_app(Api(state, metrics, lambda: reloader.alive)), *settings.listen)
+    extra, peers = getattr(gate, "status_extra", None), getattr(gate, "peers_doc", None)
+    api = Api(state, metrics, lambda: reloader.alive, extra, peers)
+    runner, port = await start_server(make_app(api), *settings.listen)
     life.own(runner)
 
     def not_ready() -> None:
