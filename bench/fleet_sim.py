@@ -309,6 +309,7 @@ class Sim:
     def __init__(self, o: Options) -> None:
         self.o = o
         rng = random.Random(o.seed)
+        random.seed(o.seed)  # the gates' jitter too: a run is repeatable
         addresses = [(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 9533) for i in range(o.pods)]
         k_dead, k_slow, k_part = (round(o.pods * x) for x in (o.dead, o.slow, o.partition))
         shuffled = rng.sample(addresses, len(addresses))
@@ -380,12 +381,19 @@ class Sim:
 
     def waves(self, version: str, start: float) -> dict[str, Any]:
         """Waves taken (clusters of start times), and pods that went before their lower waves had baked."""
-        went = sorted(p.went[version] for p in self.live if version in p.went)
+        went = sorted(p.went[version] for p in self.majority if version in p.went)  # a healed side goes late
         clusters = 1 + sum(1 for a, b in zip(went, went[1:], strict=False) if b - a > self.o.bake_s / 2) if went else 0
-        healthy_at = {p.name: p.state.versions[version][1] for p in self.live if p.state.versions.get(version, ("",))[0] == "healthy"}
-        early, checked = 0, set()
+        healthy_at = {
+            p.name: p.state.versions[version][1]
+            for p in self.live
+            if p.state.versions.get(version, ("",))[0] == "healthy"
+        }
+        early, late, checked = 0, 0, set()
         for pod in self.live:
             if version not in pod.went:
+                continue
+            if "every wave done and baked" in getattr(pod.gate, "why", {}).get(version, ""):
+                late += 1  # it caught up on a neighbour's finished order (cut off, or left out, for a while)
                 continue
             order, rank = pod.went_view[version]
             wave = stagger.wave_of(rank) if rank >= 0 else None
@@ -398,7 +406,12 @@ class Sim:
                 checked.add(key)  # good versions stay healthy: later starts on this order and wave are fine too
             else:
                 early += 1
-        return {"waves": clusters, "early_starts": early, "last_healthy": max(healthy_at.values(), default=start)}
+        return {
+            "waves": clusters,
+            "early_starts": early,
+            "caught_up": late,
+            "last_healthy": max(healthy_at.values(), default=start),
+        }
 
 
 async def simulate(o: Options) -> dict[str, Any]:
@@ -430,6 +443,7 @@ async def simulate(o: Options) -> dict[str, Any]:
         "waves": w["waves"],
         "waves_target": math.ceil(math.log2(live_n + 1)),
         "early_starts": w["early_starts"],
+        "caught_up": w["caught_up"],
         "rollout_complete": good["settled_majority"] and healthy == live_n if not o.partition else good["settled_all"],
         "rollout_bakes": round((w["last_healthy"] - good["start"]) / o.bake_s, 2),
         "rollout_bakes_majority": round(good["majority_s"] / o.bake_s, 2),
@@ -460,11 +474,12 @@ def run(o: Options) -> dict[str, Any]:
 def row(r: dict[str, Any]) -> str:
     return (
         f"{r['protocol']:>3} N={r['pods']:>5} dead={r['dead']:>3} cut={r['partitioned']:>3} | "
-        f"waves {r['waves']:>2}/{r['waves_target']:>2} early {r['early_starts']} | "
+        f"waves {r['waves']:>2}/{r['waves_target']:>2} early {r['early_starts']} late {r['caught_up']:>3} | "
         f"rollout {r['rollout_bakes']:>5.1f} bakes | req/round {r['requests_per_round']:>9.1f} "
         f"(peak {r['peak_requests_per_round']:>7}, busiest pod {r['busiest_pod_requests_per_round']:>5}) | "
         f"bad touched {r['bad_version_pods']} | hold {r['hold_rounds']} rounds (all {r['hold_rounds_all']}) | "
-        f"idle {r['idle_requests']} | cpu {r['cpu_s']} s"
+        f"idle {r['idle_requests']} | complete {r['rollout_complete']}, bad settled {r['bad_settled']} | "
+        f"cpu {r['cpu_s']} s"
     )
 
 

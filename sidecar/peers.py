@@ -136,8 +136,12 @@ class Fleet:
         self._failing_since: dict[str, float] = {}
 
     def members(self) -> frozenset[str]:
-        """Pod names of the listed addresses we know, and this pod."""
-        return frozenset(self.names[a] for a in self._listed if a in self.names) | {self.me}
+        """Pod names of the listed addresses we know, and this pod (the same object while unchanged)."""
+        cached = getattr(self, "_members_cache", None)
+        if cached is None or cached[0] is not self.names or cached[1] is not self._listed:
+            members = frozenset(self.names[a] for a in self._listed if a in self.names) | {self.me}
+            cached = self._members_cache = (self.names, self._listed, members)
+        return cached[2]
 
     def address_of(self, pod: str) -> Address | None:
         return self._by_name.get(pod)
@@ -167,7 +171,8 @@ class Fleet:
             except OSError as e:
                 peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 log.warning("peer_unresolvable", peer=peer, error=str(e))
-        self._listed = frozenset(listed)
+        if listed != self._listed:
+            self._listed = frozenset(listed)
         return self._listed
 
     async def refresh(self) -> None:
@@ -240,6 +245,10 @@ class Fleet:
             for s in results
             if s is not None and isinstance(s.get("pod"), str) and s["pod"] != self.me
         }
+
+    def gone_pods(self) -> set[str]:
+        """Every pod that has not answered for longer than `forget_after_s`."""
+        return {pod for pod in self._failing_since if self.gone(pod)}
 
     def gone(self, pod: str) -> bool:
         """`pod` has not answered for longer than `forget_after_s`."""

@@ -195,6 +195,14 @@ class WaveView:
     def children(self, rank: int) -> tuple[str, ...]:
         return self.order[rank * self.fanout + 1 : rank * self.fanout + self.fanout + 1]
 
+    def ancestors(self, pod: str) -> tuple[str, ...]:
+        """Parent, grandparent ... up to the canary."""
+        out, rank = [], self.rank[pod]
+        while rank:
+            rank = (rank - 1) // self.fanout
+            out.append(self.order[rank])
+        return tuple(out)
+
     def neighbours(self, pod: str) -> tuple[str, ...]:
         rank = self.rank[pod]
         parent = self.parent(rank)
@@ -258,11 +266,22 @@ def _up(view: WaveView, me: str, own: PeerView, peers: Mapping[str, PeerView]) -
     return up
 
 
-def _down(view: WaveView, me: str, up: list[list[Any]], peers: Mapping[str, PeerView]) -> list[float | None]:
-    """Per wave: since when the whole wave is healthy (my clock), None while it is not (or not known here)."""
-    parent = view.parent(view.rank[me])
-    if parent is None:
+def _seen(doc: dict[str, Any] | None) -> int:
+    """Pods of a child's subtree that reported on this order (0 when the child did not)."""
+    seen = doc.get("seen") if doc is not None else None
+    return seen if isinstance(seen, int) and seen > 0 else 0
+
+
+def _down(
+    view: WaveView, me: str, up: list[list[Any]], peers: Mapping[str, PeerView], unreachable: Collection[str]
+) -> list[float | None]:
+    """Per wave: since when the whole wave is healthy (my clock), None while it is not (or not known here).
+
+    From the parent, or from the nearest ancestor that answers while the parent does not.
+    """
+    if view.rank[me] == 0:
         return [since if n == view.size(wave) else None for wave, (n, since) in enumerate(up)]
+    parent = next((a for a in view.ancestors(me) if a not in unreachable), view.ancestors(me)[-1])
     doc = _same_view(peers.get(parent), view)
     given = doc.get("down") if doc is not None else None
     if not isinstance(given, list) or len(given) != view.waves:
@@ -282,6 +301,22 @@ def _baked(down: list[float | None], waves: int, now: float, bake_s: float) -> t
     return True, ""
 
 
+def _finished(version: str, peers: Mapping[str, PeerView], now: float, bake_s: float) -> str | None:
+    """A neighbour whose order (whichever it is) has been entirely healthy for the bake time, if any.
+
+    Enough for a pod that is late (it was cut off, or left out of the order) to go: a majority of the
+    fleet has baked the version, whatever order each pod used to get there.
+    """
+    for pod, peer in sorted(peers.items()):
+        doc = peer.wave_doc(version)
+        down = doc.get("down") if doc is not None and doc.get("done") else None
+        if isinstance(down, list) and down:
+            times = [peer.local_time(t) for t in down]
+            if _baked(times, len(times), now, bake_s)[0]:
+                return pod
+    return None
+
+
 def wave_round(
     view: WaveView,
     me: str,
@@ -290,38 +325,38 @@ def wave_round(
     bake_s: float,
     now: float,
     gone: Collection[str] = (),
+    unreachable: Collection[str] = (),
 ) -> WaveStep:
     """Pure decision for one round from this pod's status (`own`) and its tree neighbours' (`peers`).
 
     Held when this pod or any neighbour failed or holds the version. Otherwise the canary (rank 0)
-    goes once its children agree on the order; any other pod of wave w goes once its parent's "down"
-    (from the canary, built from every subtree's "up") says waves 0 .. w-1 have baked. A pod left out
-    of the order (it was unreachable for a while) goes last: once the whole order has baked.
+    goes once more than half the order reported on it through the tree ("seen"); any other pod of wave
+    w goes once its parent's "down" (from the canary, built from every subtree's "up") says waves
+    0 .. w-1 have baked. Any pod goes once a neighbour reports its whole order done and baked (how a
+    pod left out of the order, or cut off for a while, catches up).
     """
     doc: dict[str, Any] = {"view": view.key, "n": len(view.order), "gone": sorted(gone)[:1000], "hold": None}
     held = _hold_reason(view.version, own, peers)
     if held is not None:
         doc["hold"] = held
         return WaveStep("held", held, doc)
+    finished = _finished(view.version, peers, now, bake_s)
+    if finished is not None:
+        return WaveStep("go", f"{finished} reports every wave done and baked", doc)
     if me not in view.rank:
-        downs = [_same_view(p, view) for p in peers.values()]
-        for peer, d in zip(peers.values(), downs, strict=True):
-            if d is not None and isinstance(d.get("down"), list) and len(d["down"]) == view.waves:
-                down = [None if t is None else peer.local_time(t) for t in d["down"]]
-                ok, _ = _baked(down, view.waves, now, bake_s)
-                if ok:
-                    return WaveStep("go", f"left out of the order of {len(view.order)}: every wave has baked", doc)
         return WaveStep("wait", f"left out of the order of {len(view.order)}: waiting for every wave to bake", doc)
     rank = view.rank[me]
     wave = wave_of(rank)
     where = f"wave {wave} (rank {rank} of {len(view.order)})"
     up = _up(view, me, own, peers)
-    down = _down(view, me, up, peers)
-    doc.update(up=up, down=down, done=all(t is not None for t in down))
+    down = _down(view, me, up, peers, unreachable)
+    seen = 1 + sum(_seen(_same_view(peers.get(child), view)) for child in view.children(rank))
+    doc.update(up=up, down=down, seen=seen, done=all(t is not None for t in down))
     if rank == 0:
-        disagree = [c for c in view.children(0) if _same_view(peers.get(c), view) is None]
-        if disagree:
-            return WaveStep("wait", f"{where} waits for {', '.join(disagree)} to agree on the order", doc)
+        # Only a canary that a majority of the order reached through the tree goes: one cut off with a
+        # few pods (a partition) cannot be a second canary.
+        if 2 * seen <= len(view.order):
+            return WaveStep("wait", f"{where} waits: {seen} of {len(view.order)} pods agree on the order", doc)
         return WaveStep("go", where, doc)
     ok, missing = _baked(down, wave, now, bake_s)
     if not ok:
@@ -329,7 +364,22 @@ def wave_round(
     return WaveStep("go", where, doc)
 
 
+def _minority_round(
+    version: str, own: PeerView, peers: Mapping[str, PeerView], bake_s: float, now: float, reachable: int, n: int
+) -> WaveStep:
+    """This pod reaches at most half the fleet (a partition): it never goes on its own order then."""
+    doc: dict[str, Any] = {"view": "", "hold": None, "gone": []}
+    held = _hold_reason(version, own, peers)
+    if held is not None:
+        return WaveStep("held", held, {**doc, "hold": held})
+    finished = _finished(version, peers, now, bake_s)
+    if finished is not None:
+        return WaveStep("go", f"{finished} reports every wave done and baked", doc)
+    return WaveStep("wait", f"only {reachable} of {n} pods reachable: waiting for a majority", doc)
+
+
 _KEEP_DOCS = 8  # versions whose waves document /status keeps serving
+_PROBE_EVERY = 8  # rounds between two reads of a pod left out of the order
 
 
 class WavesGate:
@@ -351,6 +401,8 @@ class WavesGate:
         self.poll_s = poll_interval_s(bake_s)
         self.published: dict[str, dict[str, Any]] = {}
         self.views: dict[str, WaveView] = {}  # the order each version's last round used (logs, fleet_sim)
+        self._view_of: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # version -> (members, left out)
+        self.why: dict[str, str] = {}  # version -> why this pod went or held it
         self._rollouts: dict[str, tuple[asyncio.Task[None], asyncio.Future[GateAnswer]]] = {}
 
     def delay(self, version: str) -> float:
@@ -401,7 +453,7 @@ class WavesGate:
                 spread = max(1, self.refresh_every // 4)
                 next_refresh = rounds + self.refresh_every + random.randint(-spread, spread)  # noqa: S311
             rounds += 1
-            step = await self._round(version, gone)
+            step = await self._round(version, gone, probe=rounds % _PROBE_EVERY == 0)
             self.published[version] = step.doc
             while len(self.published) > _KEEP_DOCS:
                 del self.published[next(iter(self.published))]
@@ -411,24 +463,38 @@ class WavesGate:
                     last = step.why
                 if step.step != "wait":
                     decided.set_result(step.step)
+                    self.why[version] = step.why
             if step.step == "held" or step.doc.get("done"):
                 return
             await asyncio.sleep(self.poll_s)
 
-    async def _round(self, version: str, gone: set[str]) -> WaveStep:
+    async def _round(self, version: str, gone: set[str], probe: bool = False) -> WaveStep:
         """Read this pod's tree neighbours once and decide; `gone` grows with what they report."""
         members = self.fleet.members()
-        left_out = (gone | {p for p in members if self.fleet.gone(p)}) & members
+        left_out = frozenset((gone | self.fleet.gone_pods()) & members)
         if self.forget_s is None:
             self.fleet.forget_after_s = default_peer_forget_s(self.bake_s, self.fleet.timeout_s, len(members))
         quorate = 2 * len(left_out) < len(members)
-        view = self.views[version] = WaveView.of(version, members - left_out if quorate else members)
+        live = left_out if quorate else frozenset()
+        if self._view_of.get(version) != (members, live):  # unchanged: no re-hashing of the whole fleet
+            self._view_of[version] = (members, live)
+            self.views[version] = WaveView.of(version, members - live)
+        view = self.views[version]
         while len(self.views) > _KEEP_DOCS:
+            self._view_of.pop(next(iter(self.views)), None)
+            self.why.pop(next(iter(self.views)), None)
             del self.views[next(iter(self.views))]
         if self.me in view.rank:
             targets = view.neighbours(self.me)
+            ancestors = view.ancestors(self.me)
+            for below, above in zip(ancestors, ancestors[1:], strict=False):  # the parent is silent: its parent ...
+                if not self.fleet.unreachable_s(below):
+                    break
+                targets += (above,)
         else:  # left out: follow one pod of the order for its "down" document
             targets = (view.order[int(hashlib.sha256(self.me.encode()).hexdigest(), 16) % len(view.order)],)
+        if probe and left_out:  # one left-out pod, in case it is back (a healed partition) or finished
+            targets += (random.choice(sorted(left_out)),)  # noqa: S311
         peers = await self.fleet.read(targets)
         for peer in peers.values():
             doc = peer.wave_doc(version)
@@ -436,11 +502,11 @@ class WavesGate:
                 gone.update(p for p in doc["gone"] if isinstance(p, str) and p in members)
         own = PeerView(self.me, self.own_status(), self.clock())
         if quorate:
-            return wave_round(view, self.me, own, peers, self.bake_s, self.clock(), left_out)
-        held = _hold_reason(version, own, peers)
-        reachable = len(members) - len(left_out)
-        why = held or f"only {reachable} of {len(members)} pods reachable: waiting for a majority"
-        return WaveStep("held" if held else "wait", why, {"view": "", "hold": held, "gone": []})
+            silent = {pod for pod in targets if self.fleet.unreachable_s(pod)}
+            return wave_round(view, self.me, own, peers, self.bake_s, self.clock(), left_out, silent)
+        return _minority_round(
+            version, own, peers, self.bake_s, self.clock(), len(members) - len(left_out), len(members)
+        )
 
 
 def make_gate(
