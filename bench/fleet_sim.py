@@ -39,10 +39,10 @@ import tempfile
 import time
 import types
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -55,6 +55,7 @@ from sidecar.peers import Address, Fleet  # noqa: E402
 from sidecar.state import State  # noqa: E402
 
 SERVICE: Address = ("web.default.svc", 9533)
+T = TypeVar("T")
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -101,19 +102,21 @@ class Traffic:
     peak_total: int = 0
     peak_served: int = 0
 
-    def count(self, target: Address) -> None:
+    def count(self, target: Address, served: bool) -> None:
+        """One request sent (`served`: it reached a live pod, which answered it)."""
         b = int(wall() // self.round_s)
         if b != self._bin:
             self._close()
             self._bin = b
         self.total += 1
         self._in_bin += 1
-        self._served[target] += 1
+        if served:
+            self._served[target] += 1
 
     def _close(self) -> None:
         if self._in_bin:
             self.peak_total = max(self.peak_total, self._in_bin)
-            self.peak_served = max(self.peak_served, max(self._served.values()))
+            self.peak_served = max(self.peak_served, max(self._served.values(), default=0))
         self._in_bin = 0
         self._served.clear()
 
@@ -162,10 +165,11 @@ class SimTransport:
 
     async def get(self, address: Address, path: str, timeout_s: float) -> dict[str, Any] | None:
         net = self.net
-        net.traffic.count(address)
         if address in net.dead or net.cut(self.me, address) or address not in net.pods:
+            net.traffic.count(address, served=False)
             await asyncio.sleep(timeout_s)
             return None
+        net.traffic.count(address, served=True)
         delay = net.latency_s * net.rng.uniform(0.5, 1.5)
         if address in net.slow:
             delay *= 20
@@ -303,6 +307,10 @@ class Options:
     forget_s: float | None = None
     idle_s: float = 30.0
     seed: int = 1
+    kill_canary: bool = False  # the canary of each version is among the dead pods
+
+
+GOOD, BAD = "v2-good", "v3-bad"
 
 
 class Sim:
@@ -314,11 +322,14 @@ class Sim:
         k_dead, k_slow, k_part = (round(o.pods * x) for x in (o.dead, o.slow, o.partition))
         shuffled = rng.sample(addresses, len(addresses))
         dead = set(shuffled[:k_dead])
+        if o.kill_canary:
+            by_name = {f"web-{i:05d}": a for i, a in enumerate(addresses)}
+            dead |= {by_name[stagger.wave_order(v, set(by_name))[0]] for v in (GOOD, BAD)}
         slow = set(shuffled[k_dead : k_dead + k_slow])
         minority = set(rng.sample(sorted(set(addresses) - dead), k_part))
         self.poll_s = stagger.poll_interval_s(o.bake_s)
         self.net = Net(o.latency_s, o.loss, slow, dead, {a: 1 for a in minority}, rng, traffic=Traffic(self.poll_s))
-        make = gate_factory(o.protocol, o.bake_s, o.timeout_s, o.forget_s)
+        self.make = make = gate_factory(o.protocol, o.bake_s, o.timeout_s, o.forget_s)
         self.pods = [SimPod(f"web-{i:05d}", a, self.net, make) for i, a in enumerate(addresses)]
         self.net.pods = {p.address: p for p in self.pods}
         names = {p.address: p.name for p in self.pods}
@@ -336,6 +347,20 @@ class Sim:
         self.net.traffic = self.net.traffic.window()
         await asyncio.sleep(self.o.idle_s)
         return self.net.traffic.total
+
+    async def newcomer(self, version: str) -> str:
+        """A pod joining the fleet now (listed from now on): what its gate answers at start-up for `version`."""
+        i = len(self.pods)
+        pod = SimPod(f"web-{i:05d}", (f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 9533), self.net, self.make)
+        self.pods.append(pod)
+        self.net.pods[pod.address] = pod
+        answer = str(await pod.gate.admit_first(version))
+        if answer == "go":  # start-up: promoted at once, the app starts on it
+            pod.state.current = pod.state.last_good = version
+            pod.state.mark(version, "healthy")
+        else:
+            pod.state.hold(version)
+        return answer
 
     async def version(self, version: str, bad: bool) -> dict[str, Any]:
         o = self.o
@@ -418,15 +443,15 @@ async def simulate(o: Options) -> dict[str, Any]:
     sim = Sim(o)
     cpu = time.process_time()
     idle_requests = await sim.idle()
-    good = await sim.version("v2-good", bad=False)
-    w = sim.waves("v2-good", good["start"])
+    good = await sim.version(GOOD, bad=False)
+    w = sim.waves(GOOD, good["start"])
     live_n = len(sim.live)
-    healthy = sum(p.state.versions.get("v2-good", ("",))[0] == "healthy" for p in sim.live)
-    bad = await sim.version("v3-bad", bad=True)
-    touched = [p for p in sim.live if "v3-bad" in p.went]
-    first_fail = min((p.failed_at["v3-bad"] for p in touched if "v3-bad" in p.failed_at), default=None)
-    holds = [p.held_at["v3-bad"] for p in sim.majority if "v3-bad" in p.held_at]
-    holds_all = [p.held_at["v3-bad"] for p in sim.live if "v3-bad" in p.held_at]
+    healthy = sum(p.state.versions.get(GOOD, ("",))[0] == "healthy" for p in sim.live)
+    bad = await sim.version(BAD, bad=True)
+    touched = [p for p in sim.live if BAD in p.went]
+    first_fail = min((p.failed_at[BAD] for p in touched if BAD in p.failed_at), default=None)
+    holds = [p.held_at[BAD] for p in sim.majority if BAD in p.held_at]
+    holds_all = [p.held_at[BAD] for p in sim.live if BAD in p.held_at]
     poll = sim.poll_s
 
     def rounds(times: list[float]) -> float | None:
@@ -461,14 +486,22 @@ async def simulate(o: Options) -> dict[str, Any]:
     }
 
 
-def run(o: Options) -> dict[str, Any]:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
-    sidecar.state.time = types.SimpleNamespace(time=wall)  # type: ignore[attr-defined]
+def run(o: Options, scenario: Callable[[Options], Coroutine[Any, Any, T]] = simulate) -> T:  # type: ignore[assignment]
+    """`scenario(o)` on a virtual clock (State's wall clock too, restored afterwards), errors-only logs."""
+    was_configured, real_time = structlog.is_configured(), sidecar.state.time
+    config = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    sidecar.state.time = types.SimpleNamespace(time=wall)  # type: ignore[assignment]
     loop = VirtualLoop()
     try:
-        return loop.run_until_complete(simulate(o))
+        return loop.run_until_complete(scenario(o))
     finally:
         loop.close()
+        sidecar.state.time = real_time
+        if was_configured:
+            structlog.configure(**config)
+        else:
+            structlog.reset_defaults()
 
 
 def row(r: dict[str, Any]) -> str:
@@ -497,6 +530,7 @@ def main() -> int:
     ap.add_argument("--partition", type=float, default=0.0, help="fraction of pods cut off during each version")
     ap.add_argument("--timeout", type=float, help="RELOAD_PEER_TIMEOUT_S (default: derived)")
     ap.add_argument("--forget", type=float, help="RELOAD_PEER_FORGET_S (default: derived)")
+    ap.add_argument("--kill-canary", action="store_true", help="each version's canary is dead from the start")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="one JSON object (needs --pods)")
     a = ap.parse_args()
@@ -504,7 +538,7 @@ def main() -> int:
     for n in sizes:
         o = Options(
             n, a.protocol, a.bake, a.verify, a.skew, a.latency, a.loss, a.slow, a.dead, a.partition,
-            a.timeout, a.forget, seed=a.seed,
+            a.timeout, a.forget, seed=a.seed, kill_canary=a.kill_canary,
         )  # fmt: skip
         r = run(o)
         print(json.dumps(r) if a.json else row(r), flush=True)

@@ -301,11 +301,12 @@ def _baked(down: list[float | None], waves: int, now: float, bake_s: float) -> t
     return True, ""
 
 
-def _finished(version: str, peers: Mapping[str, PeerView], now: float, bake_s: float) -> str | None:
-    """A neighbour whose order (whichever it is) has been entirely healthy for the bake time, if any.
+def _finished(version: str, peers: Mapping[str, PeerView], now: float, bake_s: float) -> tuple[str, list[Any]] | None:
+    """A neighbour whose order (whichever it is) has been entirely healthy for the bake time, if any,
+    with its "down" times in our clock.
 
-    Enough for a pod that is late (it was cut off, or left out of the order) to go: a majority of the
-    fleet has baked the version, whatever order each pod used to get there.
+    Enough for a pod that is late (it was cut off, or left out of the order, or joined after) to go: a
+    majority of the fleet has baked the version, whatever order each pod used to get there.
     """
     for pod, peer in sorted(peers.items()):
         doc = peer.wave_doc(version)
@@ -313,7 +314,7 @@ def _finished(version: str, peers: Mapping[str, PeerView], now: float, bake_s: f
         if isinstance(down, list) and down:
             times = [peer.local_time(t) for t in down]
             if _baked(times, len(times), now, bake_s)[0]:
-                return pod
+                return pod, times
     return None
 
 
@@ -341,8 +342,9 @@ def wave_round(
         doc["hold"] = held
         return WaveStep("held", held, doc)
     finished = _finished(view.version, peers, now, bake_s)
-    if finished is not None:
-        return WaveStep("go", f"{finished} reports every wave done and baked", doc)
+    if finished is not None:  # passed on, so a pod that reads only this one can catch up too
+        doc.update(down=finished[1], done=True)
+        return WaveStep("go", f"{finished[0]} reports every wave done and baked", doc)
     if me not in view.rank:
         return WaveStep("wait", f"left out of the order of {len(view.order)}: waiting for every wave to bake", doc)
     rank = view.rank[me]
@@ -374,12 +376,13 @@ def _minority_round(
         return WaveStep("held", held, {**doc, "hold": held})
     finished = _finished(version, peers, now, bake_s)
     if finished is not None:
-        return WaveStep("go", f"{finished} reports every wave done and baked", doc)
+        doc.update(down=finished[1], done=True)
+        return WaveStep("go", f"{finished[0]} reports every wave done and baked", doc)
     return WaveStep("wait", f"only {reachable} of {n} pods reachable: waiting for a majority", doc)
 
 
 _KEEP_DOCS = 8  # versions whose waves document /status keeps serving
-_PROBE_EVERY = 8  # rounds between two reads of a pod left out of the order
+_PROBE_EVERY = 32  # rounds between two reads of a pod left out of the order, while this pod waits
 
 
 class WavesGate:
@@ -432,9 +435,9 @@ class WavesGate:
         if version in self._rollouts:
             return self._rollouts[version]
         for old, (task, _) in list(self._rollouts.items()):  # a newer version: stop taking part in the others
-            task.cancel()
-            if task.done():
-                del self._rollouts[old]
+            if not task.done():
+                task.cancel()
+                self.published[old] = {**self.published.get(old, {}), "superseded": True}
         decided: asyncio.Future[GateAnswer] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(self._take_part(version, decided), name=f"waves-{version[:12]}")
         self._rollouts[version] = (task, decided)
@@ -464,9 +467,14 @@ class WavesGate:
                 if step.step != "wait":
                     decided.set_result(step.step)
                     self.why[version] = step.why
-            if step.step == "held" or step.doc.get("done"):
+            if step.step == "held" or step.doc.get("done") or step.doc.get("superseded"):
                 return
             await asyncio.sleep(self.poll_s)
+
+    def _waiting(self, version: str) -> bool:
+        """This pod has not gone with `version` yet."""
+        entry = self.own_status().get("versions", {}).get(version)
+        return not isinstance(entry, dict) or entry.get("state") in ("validating", "waiting")
 
     async def _round(self, version: str, gone: set[str], probe: bool = False) -> WaveStep:
         """Read this pod's tree neighbours once and decide; `gone` grows with what they report."""
@@ -493,7 +501,7 @@ class WavesGate:
                 targets += (above,)
         else:  # left out: follow one pod of the order for its "down" document
             targets = (view.order[int(hashlib.sha256(self.me.encode()).hexdigest(), 16) % len(view.order)],)
-        if probe and left_out:  # one left-out pod, in case it is back (a healed partition) or finished
+        if probe and left_out and self._waiting(version):  # one left-out pod: back (a healed partition)? done?
             targets += (random.choice(sorted(left_out)),)  # noqa: S311
         peers = await self.fleet.read(targets)
         for peer in peers.values():
@@ -501,6 +509,9 @@ class WavesGate:
             if doc is not None and isinstance(doc.get("gone"), list):
                 gone.update(p for p in doc["gone"] if isinstance(p, str) and p in members)
         own = PeerView(self.me, self.own_status(), self.clock())
+        if not self._waiting(version) and any((p.wave_doc(version) or {}).get("superseded") for p in peers.values()):
+            # the fleet moved on to a newer version before this one finished: nobody waits for it any more
+            return WaveStep("go", "superseded by a newer version", {"superseded": True})
         if quorate:
             silent = {pod for pod in targets if self.fleet.unreachable_s(pod)}
             return wave_round(view, self.me, own, peers, self.bake_s, self.clock(), left_out, silent)

@@ -21,6 +21,9 @@ README = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 # Rows whose default the sidecar fills in at run time rather than in `Settings`: name -> what README says.
 RUNTIME_DEFAULTS = {
     "RELOAD_POD_NAME": "(host name)",  # run.serve_sidecar falls back to os.uname().nodename
+    # stagger.make_gate derives them from RELOAD_BAKE_S and the fleet size (docs/stagger.md)
+    "RELOAD_PEER_TIMEOUT_S": "(derived)",
+    "RELOAD_PEER_FORGET_S": "(derived)",
 }
 
 
