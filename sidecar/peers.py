@@ -14,6 +14,7 @@ and the wall clock are injected, so the same code runs against real sidecars and
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import socket
 import time
@@ -134,6 +135,7 @@ class Fleet:
         self.names: Mapping[Address, str] = {}
         self._listed: frozenset[Address] = frozenset()
         self._failing_since: dict[str, float] = {}
+        self._in_flight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
     def members(self) -> frozenset[str]:
         """Pod names of the listed addresses we know, and this pod (the same object while unchanged)."""
@@ -209,27 +211,43 @@ class Fleet:
                 del self.views[pod]
                 self._failing_since.pop(pod, None)
 
-    async def read(self, pods: Iterable[str]) -> dict[str, PeerView]:
-        """Read the named peers' `/status`; returns the latest view of each that was ever read (self excluded)."""
-        targets = [(pod, self._by_name[pod]) for pod in dict.fromkeys(pods) if pod != self.me and pod in self._by_name]
-        results = await asyncio.gather(*(self.transport.get(a, "/status", self.timeout_s) for _, a in targets))
+    async def read(self, pods: Iterable[str], wait_s: float | None = None) -> dict[str, PeerView]:
+        """Read the named peers' `/status`; returns the latest view of each that was ever read (self excluded).
+
+        With `wait_s`, returns after at most that long: a slow read (a dead peer's, until its timeout)
+        finishes in the background and counts from then on, so it never holds up the answers of the
+        others; a peer whose read is still under way is not asked again.
+        """
+        targets = [
+            (pod, self._by_name[pod])
+            for pod in dict.fromkeys(pods)
+            if pod != self.me and pod in self._by_name and pod not in self._in_flight
+        ]
         if self.on_requests is not None and targets:
             self.on_requests(len(targets))
+        tasks = []
+        for pod, address in targets:
+            task = asyncio.ensure_future(self.transport.get(address, "/status", self.timeout_s))
+            self._in_flight[pod] = task
+            task.add_done_callback(functools.partial(self._answered, pod, address))
+            tasks.append(task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait_s)
+        return {pod: self.views[pod] for pod in dict.fromkeys(pods) if pod in self.views}
+
+    def _answered(self, pod: str, address: Address, task: asyncio.Future[dict[str, Any] | None]) -> None:
+        self._in_flight.pop(pod, None)
+        status = None if task.cancelled() or task.exception() is not None else task.result()
         now = self.clock()
-        out: dict[str, PeerView] = {}
-        for (pod, address), status in zip(targets, results, strict=True):
-            if status is not None and status.get("pod") == pod:
-                self.views[pod] = PeerView(pod, status, now)
-                self._failing_since.pop(pod, None)
-            elif status is not None and isinstance(status.get("pod"), str):
-                # the address now belongs to another pod (an IP reused): learn it, drop the old name
-                self.names = {**{a: n for a, n in self.names.items() if n != status["pod"]}, address: status["pod"]}
-                self.views.pop(pod, None)
-            else:
-                self._failing_since.setdefault(pod, now)
-            if pod in self.views:
-                out[pod] = self.views[pod]
-        return out
+        if status is not None and status.get("pod") == pod:
+            self.views[pod] = PeerView(pod, status, now)
+            self._failing_since.pop(pod, None)
+        elif status is not None and isinstance(status.get("pod"), str):
+            # the address now belongs to another pod (an IP reused): learn it, drop the old name
+            self.names = {**{a: n for a, n in self.names.items() if n != status["pod"]}, address: status["pod"]}
+            self.views.pop(pod, None)
+        else:
+            self._failing_since.setdefault(pod, now)
 
     async def sample(self, k: int) -> dict[str, PeerView]:
         """Read `k` listed addresses at random (a starting pod's question: does the fleet hold this version?)."""

@@ -503,7 +503,7 @@ class WavesGate:
             targets = (view.order[int(hashlib.sha256(self.me.encode()).hexdigest(), 16) % len(view.order)],)
         if probe and left_out and self._waiting(version):  # one left-out pod: back (a healed partition)? done?
             targets += (random.choice(sorted(left_out)),)  # noqa: S311
-        peers = await self.fleet.read(targets)
+        peers = await self.fleet.read(targets, wait_s=self.poll_s)
         for peer in peers.values():
             doc = peer.wave_doc(version)
             if doc is not None and isinstance(doc.get("gone"), list):
