@@ -440,6 +440,7 @@ class WavesGate:
                 self.published[old] = {**self.published.get(old, {}), "superseded": True}
         decided: asyncio.Future[GateAnswer] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(self._take_part(version, decided), name=f"waves-{version[:12]}")
+        task.add_done_callback(lambda _: decided.done() or decided.cancel())  # superseded: no waiter hangs
         self._rollouts[version] = (task, decided)
         while len(self._rollouts) > _KEEP_DOCS:
             del self._rollouts[next(iter(self._rollouts))]

@@ -8,6 +8,7 @@ the protocol through real sidecars.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 from typing import Any
@@ -225,3 +226,22 @@ def test_a_starting_pod_never_starts_on_a_held_version_and_a_settled_fleet_goes_
     on_good, on_bad, idle_requests = fleet_sim.run(fleet_sim.Options(50), _joining)
     assert (on_good, on_bad) == ("go", "held")
     assert idle_requests == 0
+
+
+async def _superseded(o: fleet_sim.Options) -> tuple[bool, bool, Any]:
+    sim = fleet_sim.Sim(o)
+    gate = sim.pods[0].gate
+    older = asyncio.ensure_future(gate.wait("v-old"))  # waits: nobody else has seen it
+    await asyncio.sleep(5)
+    newer = asyncio.ensure_future(gate.wait("v-new"))
+    await asyncio.sleep(1)
+    result = older.cancelled() or older.exception()
+    newer.cancel()
+    return older.done(), gate.published["v-old"].get("superseded", False), result
+
+
+def test_a_newer_version_ends_the_older_ones_rounds_and_its_waiter() -> None:
+    """Starting to wait for a newer version stops the rounds of the older one (its document says
+    superseded, so pods that went with it stop too) and never leaves a waiter of the older one hanging."""
+    done, superseded, result = fleet_sim.run(fleet_sim.Options(8), _superseded)
+    assert done and superseded and result is True
