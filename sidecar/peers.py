@@ -136,6 +136,7 @@ class Fleet:
         self._listed: frozenset[Address] = frozenset()
         self._failing_since: dict[str, float] = {}
         self._in_flight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._complete_for: tuple[frozenset[Address] | None, Mapping[Address, str] | None] = (None, None)
 
     def members(self) -> frozenset[str]:
         """Pod names of the listed addresses we know, and this pod (the same object while unchanged)."""
@@ -180,6 +181,8 @@ class Fleet:
     async def refresh(self) -> None:
         """Resolve `RELOAD_PEERS` once; learn names of new addresses (bulk from one peer, then a few directly)."""
         listed = await self.resolve()
+        if listed is self._complete_for[0] and self.names is self._complete_for[1]:
+            return  # the same addresses, every one named: nothing to learn or drop
         names = {a: n for a, n in self.names.items() if a in listed}
         unknown = [a for a in listed if a not in names]
         reads = 0
@@ -187,13 +190,9 @@ class Fleet:
             source = random.choice(sorted(a for a in listed if a in names) or unknown)  # noqa: S311 - spreading load
             doc = await self.transport.get(source, "/peers", self.timeout_s)
             reads += 1
-            given = doc.get("peers") if doc else None
-            if isinstance(given, dict):
-                for name, where in given.items():
-                    if isinstance(name, str) and isinstance(where, list) and len(where) == 2:
-                        address = (str(where[0]), int(where[1]))
-                        if address in listed and address not in names:
-                            names[address] = name
+            for address, name in _named_addresses(doc).items():
+                if address in listed and address not in names:
+                    names[address] = name
             unknown = [a for a in listed if a not in names]
         ask = random.sample(unknown, min(len(unknown), self.learn_per_round))
         answers = await asyncio.gather(*(self.transport.get(a, "/status", self.timeout_s) for a in ask))
@@ -205,6 +204,8 @@ class Fleet:
             self.on_requests(reads)
         if names != self.names:
             self.names = names
+        if len(names) == len(listed):
+            self._complete_for = (listed, self.names)
         for pod in list(self.views):
             if pod not in self._by_name or self._by_name[pod] not in listed:
                 log.info("peer_forgotten", peer=pod, listed=False)
@@ -276,3 +277,13 @@ class Fleet:
     def unreachable_s(self, pod: str) -> float:
         since = self._failing_since.get(pod)
         return 0.0 if since is None else self.clock() - since
+
+
+def _named_addresses(doc: dict[str, Any] | None) -> dict[Address, str]:
+    """A peer's `/peers` answer as address -> pod name (malformed entries skipped)."""
+    given = doc.get("peers") if doc else None
+    out: dict[Address, str] = {}
+    for name, where in given.items() if isinstance(given, dict) else ():
+        if isinstance(name, str) and isinstance(where, list) and len(where) == 2 and isinstance(where[1], int):
+            out[(str(where[0]), where[1])] = name
+    return out
