@@ -203,6 +203,22 @@ class WaveView:
             out.append(self.order[rank])
         return tuple(out)
 
+    def upstream(self, pod: str) -> tuple[str, ...]:
+        """Where `pod` gets "down" from, in order: its parent, then (while those are silent) one of the
+        parent's siblings, the grandparent, one of its siblings ... the canary. "down" is the same
+        document all over the tree; picking the sibling by `pod`'s rank spreads a dead pod's orphans."""
+        rank, out = self.rank[pod], []
+        while rank:
+            parent = (rank - 1) // self.fanout
+            out.append(self.order[parent])
+            if parent:
+                siblings = self.children((parent - 1) // self.fanout)
+                other = siblings[(self.rank[pod] + 1) % len(siblings)]
+                if other != self.order[parent]:
+                    out.append(other)
+            rank = parent
+        return tuple(out)
+
     def neighbours(self, pod: str) -> tuple[str, ...]:
         rank = self.rank[pod]
         parent = self.parent(rank)
@@ -277,11 +293,12 @@ def _down(
 ) -> list[float | None]:
     """Per wave: since when the whole wave is healthy (my clock), None while it is not (or not known here).
 
-    From the parent, or from the nearest ancestor that answers while the parent does not.
+    From the parent, or while it is silent from the first of `WaveView.upstream` that answers.
     """
     if view.rank[me] == 0:
         return [since if n == view.size(wave) else None for wave, (n, since) in enumerate(up)]
-    parent = next((a for a in view.ancestors(me) if a not in unreachable), view.ancestors(me)[-1])
+    upstream = view.upstream(me)
+    parent = next((a for a in upstream if a not in unreachable), upstream[-1])
     doc = _same_view(peers.get(parent), view)
     given = doc.get("down") if doc is not None else None
     if not isinstance(given, list) or len(given) != view.waves:
@@ -495,8 +512,8 @@ class WavesGate:
             del self.views[next(iter(self.views))]
         if self.me in view.rank:
             targets = view.neighbours(self.me)
-            ancestors = view.ancestors(self.me)
-            for below, above in zip(ancestors, ancestors[1:], strict=False):  # the parent is silent: its parent ...
+            upstream = view.upstream(self.me)
+            for below, above in zip(upstream, upstream[1:], strict=False):  # the parent is silent: an uncle ...
                 if not self.fleet.unreachable_s(below):
                     break
                 targets += (above,)

@@ -118,14 +118,17 @@ def test_wave_2_goes_on_its_parents_word_for_every_lower_wave() -> None:
     assert _round(me, _peer(parent, doc=_doc(down=[100.0, BAKE_S, None]))).step == "go"
 
 
-def test_a_silent_parent_is_bypassed_through_the_grandparent() -> None:
-    """While the parent does not answer, "down" comes from the nearest ancestor that does."""
-    me = WAVE2[0]
-    parent = VIEW.parent(VIEW.rank[me])
-    assert VIEW.ancestors(me) == (parent, CANARY)
-    baked = _peer(CANARY, "healthy", doc=_doc(down=[100.0, 100.0, None]))
-    assert _round(me, baked).step == "wait"  # the parent is not known to be silent: its word is awaited
-    assert _round(me, baked, unreachable={parent}).step == "go"
+def test_a_silent_parent_is_bypassed_through_an_uncle_then_the_grandparent() -> None:
+    """While the parent does not answer, "down" (the same everywhere) comes from one of the parent's
+    siblings, picked by rank so a dead pod's children spread out, or failing that from the canary."""
+    me = ORDER[4]  # parent rank 1, its sibling rank 2, then the canary
+    parent, uncle = ORDER[1], ORDER[2]
+    assert VIEW.ancestors(me) == (parent, CANARY) and VIEW.upstream(me) == (parent, uncle, CANARY)
+    baked = _doc(down=[100.0, 100.0, None])
+    assert _round(me, _peer(uncle, doc=baked)).step == "wait"  # the parent is not known to be silent
+    assert _round(me, _peer(uncle, doc=baked), unreachable={parent}).step == "go"
+    assert _round(me, _peer(CANARY, doc=baked), unreachable={parent, uncle}).step == "go"
+    assert _round(me, _peer(CANARY, doc=baked), unreachable={parent}).step == "wait"  # the uncle's word first
 
 
 @pytest.mark.parametrize("who", [CANARY, WAVE1[0], WAVE2[0]])
