@@ -423,6 +423,7 @@ class WavesGate:
         self.views: dict[str, WaveView] = {}  # the order each version's last round used (logs, fleet_sim)
         self._view_of: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # version -> (members, left out)
         self.why: dict[str, str] = {}  # version -> why this pod went or held it
+        self._mute: dict[str, dict[str, float]] = {}  # version -> pod answering without a document -> since
         self._rollouts: dict[str, tuple[asyncio.Task[None], asyncio.Future[GateAnswer]]] = {}
 
     def delay(self, version: str) -> float:
@@ -441,7 +442,9 @@ class WavesGate:
         if any(view.failed(version) or view.holds(version) for view in views.values()):
             log.warning("start_refused_by_fleet", version=version)
             return "held"
-        self._start(version)  # this pod is in the order now: its subtree needs it to pass counts up
+        waiting = ("validating", "waiting")
+        if any((view.version_state(version) or ("",))[0] in waiting for view in views.values()):
+            self._start(version)  # a rollout under way: take part (else it would be left out after a while)
         return "go"
 
     async def wait(self, version: str) -> GateAnswer:
@@ -494,6 +497,20 @@ class WavesGate:
         entry = self.own_status().get("versions", {}).get(version)
         return not isinstance(entry, dict) or entry.get("state") in ("validating", "waiting")
 
+    def _note_gone(self, version: str, peers: Mapping[str, PeerView], members: frozenset[str], gone: set[str]) -> None:
+        """Pods the neighbours left out, and neighbours that answer without taking part for the forget time
+        (started on this version, or not seen it yet): as good as silent, they catch up once the rest baked."""
+        now, mute = self.clock(), self._mute.setdefault(version, {})
+        for pod, peer in peers.items():
+            doc = peer.wave_doc(version)
+            if doc is not None and isinstance(doc.get("gone"), list):
+                gone.update(p for p in doc["gone"] if isinstance(p, str) and p in members)
+            if doc is None and not peer.failed(version) and not peer.holds(version):
+                if now - mute.setdefault(pod, now) > self.fleet.forget_after_s:
+                    gone.add(pod)
+            else:
+                mute.pop(pod, None)
+
     async def _round(self, version: str, gone: set[str], probe: bool = False) -> WaveStep:
         """Read this pod's tree neighbours once and decide; `gone` grows with what they report."""
         members = self.fleet.members()
@@ -509,6 +526,7 @@ class WavesGate:
         while len(self.views) > _KEEP_DOCS:
             self._view_of.pop(next(iter(self.views)), None)
             self.why.pop(next(iter(self.views)), None)
+            self._mute.pop(next(iter(self.views)), None)
             del self.views[next(iter(self.views))]
         if self.me in view.rank:
             targets = view.neighbours(self.me)
@@ -522,10 +540,7 @@ class WavesGate:
         if probe and left_out and self._waiting(version):  # one left-out pod: back (a healed partition)? done?
             targets += (random.choice(sorted(left_out)),)  # noqa: S311
         peers = await self.fleet.read(targets, wait_s=self.poll_s)
-        for peer in peers.values():
-            doc = peer.wave_doc(version)
-            if doc is not None and isinstance(doc.get("gone"), list):
-                gone.update(p for p in doc["gone"] if isinstance(p, str) and p in members)
+        self._note_gone(version, peers, members, gone)
         own = PeerView(self.me, self.own_status(), self.clock())
         if not self._waiting(version) and any((p.wave_doc(version) or {}).get("superseded") for p in peers.values()):
             # the fleet moved on to a newer version before this one finished: nobody waits for it any more

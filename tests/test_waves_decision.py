@@ -248,3 +248,20 @@ def test_a_newer_version_ends_the_older_ones_rounds_and_its_waiter() -> None:
     superseded, so pods that went with it stop too) and never leaves a waiter of the older one hanging."""
     done, superseded, result = fleet_sim.run(fleet_sim.Options(8), _superseded)
     assert done and superseded and result is True
+
+
+async def _one_never_sees_it(o: fleet_sim.Options) -> tuple[bool, int, int, int]:
+    sim = fleet_sim.Sim(o)
+    late = sim.live.pop(7)  # its volume never shows the version (a kubelet far behind): it answers, without a part
+    sim.majority.remove(late)
+    good = await sim.version(fleet_sim.GOOD, bad=False)
+    healthy = sum(p.state.versions.get(fleet_sim.GOOD, ("",))[0] == "healthy" for p in sim.live)
+    await asyncio.sleep(60)  # the last rounds: "done" crossing the tree, the left-out pod's name spreading
+    return good["settled_all"], healthy, len(sim.live), await sim.idle()
+
+
+def test_a_pod_that_answers_but_never_takes_part_is_left_out() -> None:
+    """A live pod without a document for the version (it has not seen it, or started on it) does not
+    block its wave: after the forget time it is left out like a silent one, and the rest finish and stop."""
+    settled, healthy, live, idle_requests = fleet_sim.run(fleet_sim.Options(40), _one_never_sees_it)
+    assert settled and healthy == live == 39 and idle_requests == 0
