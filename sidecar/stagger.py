@@ -442,8 +442,7 @@ class WavesGate:
         if any(view.failed(version) or view.holds(version) for view in views.values()):
             log.warning("start_refused_by_fleet", version=version)
             return "held"
-        waiting = ("validating", "waiting")
-        if any((view.version_state(version) or ("",))[0] in waiting for view in views.values()):
+        if any((view.version_state(version) or ("",))[0] == "waiting" for view in views.values()):
             self._start(version)  # a rollout under way: take part (else it would be left out after a while)
         return "go"
 
