@@ -137,6 +137,7 @@ async def run_size(n: int, bake: float, idle_s: float, tmp: Path) -> dict[str, A
         for i in range(n):
             project(volumes[i], {"app.yaml": "version: 1\nbroken: false\n"})
             env = {k: v for k, v in os.environ.items() if not k.startswith("RELOAD_")}
+            env["PYTHONPATH"] = str(ROOT)  # this checkout's sidecar, whichever one is installed
             env.update(
                 RELOAD_SOURCE_DIR=str(volumes[i]),
                 RELOAD_TARGET_DIR=str(targets[i]),

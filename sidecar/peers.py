@@ -1,35 +1,40 @@
 """Read the other sidecars of the workload: addresses from `RELOAD_PEERS`, identities from their `/status`.
 
 A peer is known by the pod name its `/status` reports, never by its address (several pods may share
-an IP, e.g. in tests on loopback). Addresses are resolved again on every round, so pods behind a
-headless Service that come and go are seen; a peer that fails to answer for `forget_after_s`, or
-whose address left the Service, is left out.
+an IP, e.g. in tests on loopback). Who the peers are (the membership) is refreshed by `refresh()`,
+which the waves gate calls only while a version is pending and then only every few rounds: it resolves
+`RELOAD_PEERS` once and learns the names of addresses it has not seen before, in bulk from one peer's
+`/peers` (its own address -> name map) and then a bounded number of `/status` reads per refresh.
 
-A round may read only the peers a decision needs (`want`): addresses whose pod is unknown are always
-read, and every `full_every`-th round reads everybody, so membership stays current at a fraction of
-the requests of reading the whole fleet every time.
+`read(names)` reads just the named peers (the waves gate's tree neighbours); a peer that fails to answer
+for `forget_after_s` is `gone()`. The transport (HTTP, or a simulated network in bench/fleet_sim.py)
+and the wall clock are injected, so the same code runs against real sidecars and simulated ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
-__all__ = ["Fleet", "PeerView"]
+__all__ = ["Address", "Fleet", "HttpTransport", "PeerView", "Transport"]
 
 log = structlog.get_logger("peers")
+
+Address = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
 class PeerView:
-    """One peer's `/status` as last read, and when (our monotonic clock)."""
+    """One peer's `/status` as last read, and when (by our own wall clock)."""
 
     pod: str
     status: dict[str, Any]
@@ -52,83 +57,233 @@ class PeerView:
         return version in self.status.get("quarantined", {}) or (state is not None and state[0] == "failed")
 
     def holds(self, version: str) -> bool:
+        """The peer holds `version` itself, or its waves document says the fleet holds it."""
         state = self.version_state(version)
-        return state is not None and state[0] == "held"
+        if state is not None and state[0] == "held":
+            return True
+        doc = self.wave_doc(version)
+        return bool(doc and doc.get("hold"))
 
+    def wave_doc(self, version: str) -> dict[str, Any] | None:
+        """The peer's waves document for `version` (stagger.py publishes it), if any."""
+        docs = self.status.get("waves")
+        doc = docs.get(version) if isinstance(docs, dict) else None
+        return doc if isinstance(doc, dict) else None
 
-class Fleet:
-    """The peers' latest views, refreshed by `poll()`."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        peers: tuple[tuple[str, int], ...],
-        me: str,
-        *,
-        timeout_s: float = 1.0,
-        forget_after_s: float = 10.0,
-        full_every: int = 8,
-        on_requests: Callable[[int], object] | None = None,
-    ) -> None:
-        self.session, self.peers, self.me = session, peers, me
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.forget_after_s, self.full_every = forget_after_s, full_every
-        self.views: dict[str, PeerView] = {}
-        self.on_requests = on_requests  # told how many /status reads each round made (a metric)
-        self._names: dict[tuple[str, int], str] = {}
-        self._failing_since: dict[str, float] = {}
-        self._rounds = 0
-
-    async def poll(self, want: set[str] | None = None) -> dict[str, PeerView]:
-        """Read the peers (all, or those in `want` plus unknown addresses); returns the live views, self excluded."""
-        addresses = await self._resolve()
-        self._rounds += 1
-        if want is None or self._rounds % self.full_every == 1:
-            targets = addresses
-        else:
-            targets = [a for a in addresses if a not in self._names or self._names[a] in want]
-        results = await asyncio.gather(*(self._read(host, port) for host, port in targets))
-        if self.on_requests is not None:
-            self.on_requests(len(targets))
-        now = time.monotonic()
-        for address, status in zip(targets, results, strict=True):
-            name = self._names.get(address)
-            if status is not None and isinstance(status.get("pod"), str):
-                name = self._names[address] = status["pod"]
-                self._failing_since.pop(name, None)
-                if name != self.me:
-                    self.views[name] = PeerView(name, status, now)
-            elif name is not None:
-                self._failing_since.setdefault(name, now)
-        listed = {self._names[a] for a in addresses if a in self._names}
-        for pod in list(self.views):
-            failing = now - self._failing_since.get(pod, now)
-            if pod not in listed or failing > self.forget_after_s:
-                log.info("peer_forgotten", peer=pod, unreachable_s=round(failing, 1), listed=pod in listed)
-                del self.views[pod]
-                self._failing_since.pop(pod, None)
-        return dict(self.views)
-
-    async def _resolve(self) -> list[tuple[str, int]]:
-        loop = asyncio.get_running_loop()
-        out: set[tuple[str, int]] = set()
-        for host, port in self.peers:
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as e:
-                peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                log.warning("peer_unresolvable", peer=peer, error=str(e))
-                continue
-            out.update((str(info[4][0]), port) for info in infos)
-        return sorted(out)
-
-    async def _read(self, host: str, port: int) -> dict[str, Any] | None:
-        url = f"http://[{host}]:{port}/status" if ":" in host else f"http://{host}:{port}/status"
+    def local_time(self, t: Any) -> float | None:
+        """A time the peer wrote by its own clock, as our clock reads it (clocks need not agree across pods)."""
         try:
-            async with self.session.get(url, timeout=self.timeout) as resp:
+            return float(t) - float(self.status["now"]) + self.seen_at
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+class Transport(Protocol):
+    """How peers are found and read: HTTP in a pod, an in-process network in the fleet simulation."""
+
+    async def resolve(self, host: str, port: int) -> list[Address]:
+        """Addresses behind `host:port` (raises OSError when it cannot be resolved)."""
+        ...
+
+    async def get(self, address: Address, path: str, timeout_s: float) -> dict[str, Any] | None:
+        """GET `path` from the peer at `address`: the JSON object it answered, or None (error, timeout)."""
+        ...
+
+
+class HttpTransport:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def resolve(self, host: str, port: int) -> list[Address]:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [(str(info[4][0]), port) for info in infos]
+
+    async def get(self, address: Address, path: str, timeout_s: float) -> dict[str, Any] | None:
+        host, port = address
+        url = f"http://[{host}]:{port}{path}" if ":" in host else f"http://{host}:{port}{path}"
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 if resp.status != 200:
                     return None
                 doc = await resp.json(content_type=None)
                 return doc if isinstance(doc, dict) else None
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
+
+
+class Fleet:
+    """Membership (pod name <-> address) and the latest view of each peer read."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        peers: tuple[Address, ...],
+        me: str,
+        *,
+        timeout_s: float = 1.0,
+        forget_after_s: float = 10.0,
+        learn_per_round: int = 16,
+        on_requests: Callable[[int], object] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.transport, self.peers, self.me = transport, peers, me
+        self.timeout_s, self.forget_after_s, self.learn_per_round = timeout_s, forget_after_s, learn_per_round
+        self.on_requests = on_requests  # told how many peer reads each call made (a metric)
+        self.clock = clock
+        self.views: dict[str, PeerView] = {}
+        # Replaced, never mutated, so many Fleets may share one map (the simulation seeds them that way).
+        self.names: Mapping[Address, str] = {}
+        self._listed: frozenset[Address] = frozenset()
+        self._failing_since: dict[str, float] = {}
+        self._in_flight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._complete_for: tuple[frozenset[Address] | None, Mapping[Address, str] | None] = (None, None)
+
+    def members(self) -> frozenset[str]:
+        """Pod names of the listed addresses we know, and this pod (the same object while unchanged)."""
+        cached = getattr(self, "_members_cache", None)
+        if cached is None or cached[0] is not self.names or cached[1] is not self._listed:
+            members = frozenset(self.names[a] for a in self._listed if a in self.names) | {self.me}
+            cached = self._members_cache = (self.names, self._listed, members)
+        return cached[2]
+
+    def address_of(self, pod: str) -> Address | None:
+        return self._by_name.get(pod)
+
+    @property
+    def _by_name(self) -> dict[str, Address]:
+        cached = getattr(self, "_by_name_cache", None)
+        if cached is None or cached[0] is not self.names:
+            cached = (self.names, {name: a for a, name in self.names.items()})
+            self._by_name_cache = cached
+        return cached[1]
+
+    def seed(self, names: Mapping[Address, str], listed: Iterable[Address]) -> None:
+        """Start from a known membership (the fleet simulation's warm start)."""
+        self.names, self._listed = names, frozenset(listed)
+
+    def peers_doc(self) -> dict[str, Any]:
+        """What `/peers` serves: the pod names of the listed addresses we know (never more than that)."""
+        return {"pod": self.me, "peers": {name: [a[0], a[1]] for a, name in self.names.items() if a in self._listed}}
+
+    async def resolve(self) -> frozenset[Address]:
+        """Resolve `RELOAD_PEERS` (once for all its entries): the listed addresses."""
+        listed: set[Address] = set()
+        for host, port in self.peers:
+            try:
+                listed.update(await self.transport.resolve(host, port))
+            except OSError as e:
+                peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                log.warning("peer_unresolvable", peer=peer, error=str(e))
+        if listed != self._listed:
+            self._listed = frozenset(listed)
+        return self._listed
+
+    async def refresh(self) -> None:
+        """Resolve `RELOAD_PEERS` once; learn names of new addresses (bulk from one peer, then a few directly)."""
+        listed = await self.resolve()
+        if listed is self._complete_for[0] and self.names is self._complete_for[1]:
+            return  # the same addresses, every one named: nothing to learn or drop
+        names = {a: n for a, n in self.names.items() if a in listed}
+        unknown = [a for a in listed if a not in names]
+        reads = 0
+        if len(unknown) > self.learn_per_round:
+            source = random.choice(sorted(a for a in listed if a in names) or unknown)  # noqa: S311 - spreading load
+            doc = await self.transport.get(source, "/peers", self.timeout_s)
+            reads += 1
+            for address, name in _named_addresses(doc).items():
+                if address in listed and address not in names:
+                    names[address] = name
+            unknown = [a for a in listed if a not in names]
+        ask = random.sample(unknown, min(len(unknown), self.learn_per_round))
+        answers = await asyncio.gather(*(self.transport.get(a, "/status", self.timeout_s) for a in ask))
+        reads += len(ask)
+        for address, status in zip(ask, answers, strict=True):
+            if status is not None and isinstance(status.get("pod"), str):
+                names[address] = status["pod"]
+        if self.on_requests is not None and reads:
+            self.on_requests(reads)
+        if names != self.names:
+            self.names = names
+        if len(names) == len(listed):
+            self._complete_for = (listed, self.names)
+        for pod in list(self.views):
+            if pod not in self._by_name or self._by_name[pod] not in listed:
+                log.info("peer_forgotten", peer=pod, listed=False)
+                del self.views[pod]
+                self._failing_since.pop(pod, None)
+
+    async def read(self, pods: Iterable[str], wait_s: float | None = None) -> dict[str, PeerView]:
+        """Read the named peers' `/status`; returns the latest view of each that was ever read (self excluded).
+
+        With `wait_s`, returns after at most that long: a slow read (a dead peer's, until its timeout)
+        finishes in the background and counts from then on, so it never holds up the answers of the
+        others; a peer whose read is still under way is not asked again.
+        """
+        targets = [
+            (pod, self._by_name[pod])
+            for pod in dict.fromkeys(pods)
+            if pod != self.me and pod in self._by_name and pod not in self._in_flight
+        ]
+        if self.on_requests is not None and targets:
+            self.on_requests(len(targets))
+        tasks = []
+        for pod, address in targets:
+            task = asyncio.ensure_future(self.transport.get(address, "/status", self.timeout_s))
+            self._in_flight[pod] = task
+            task.add_done_callback(functools.partial(self._answered, pod, address))
+            tasks.append(task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait_s)
+        return {pod: self.views[pod] for pod in dict.fromkeys(pods) if pod in self.views}
+
+    def _answered(self, pod: str, address: Address, task: asyncio.Future[dict[str, Any] | None]) -> None:
+        self._in_flight.pop(pod, None)
+        status = None if task.cancelled() or task.exception() is not None else task.result()
+        now = self.clock()
+        if status is not None and status.get("pod") == pod:
+            self.views[pod] = PeerView(pod, status, now)
+            self._failing_since.pop(pod, None)
+        elif status is not None and isinstance(status.get("pod"), str):
+            # the address now belongs to another pod (an IP reused): learn it, drop the old name
+            self.names = {**{a: n for a, n in self.names.items() if n != status["pod"]}, address: status["pod"]}
+            self.views.pop(pod, None)
+        else:
+            self._failing_since.setdefault(pod, now)
+
+    async def sample(self, k: int) -> dict[str, PeerView]:
+        """Read `k` listed addresses at random (a starting pod's question: does the fleet hold this version?)."""
+        if not self._listed:
+            await self.resolve()
+        choice = random.sample(sorted(self._listed), min(k, len(self._listed)))
+        results = await asyncio.gather(*(self.transport.get(a, "/status", self.timeout_s) for a in choice))
+        if self.on_requests is not None and choice:
+            self.on_requests(len(choice))
+        now = self.clock()
+        return {
+            s["pod"]: PeerView(s["pod"], s, now)
+            for s in results
+            if s is not None and isinstance(s.get("pod"), str) and s["pod"] != self.me
+        }
+
+    def gone_pods(self) -> set[str]:
+        """Every pod that has not answered for longer than `forget_after_s`."""
+        return {pod for pod in self._failing_since if self.gone(pod)}
+
+    def gone(self, pod: str) -> bool:
+        """`pod` has not answered for longer than `forget_after_s`."""
+        since = self._failing_since.get(pod)
+        return since is not None and self.clock() - since > self.forget_after_s
+
+    def unreachable_s(self, pod: str) -> float:
+        since = self._failing_since.get(pod)
+        return 0.0 if since is None else self.clock() - since
+
+
+def _named_addresses(doc: dict[str, Any] | None) -> dict[Address, str]:
+    """A peer's `/peers` answer as address -> pod name (malformed entries skipped)."""
+    given = doc.get("peers") if doc else None
+    out: dict[Address, str] = {}
+    for name, where in given.items() if isinstance(given, dict) else ():
+        if isinstance(name, str) and isinstance(where, list) and len(where) == 2 and isinstance(where[1], int):
+            out[(str(where[0]), where[1])] = name
+    return out

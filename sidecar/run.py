@@ -47,17 +47,20 @@ async def serve_sidecar(settings: Settings, life: Lifecycle) -> int:
     state, metrics = State(pod=settings.pod_name or os.uname().nodename), Metrics()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16, use_dns_cache=False))
     life.on_close(session.close)
+    gate = make_gate(settings, session, state.pod, metrics.peer_requests.inc, own_status=state.status)
     reloader = Reloader(
         settings,
         state,
         metrics,
         make_trigger(settings, session, state=state, metrics=metrics),
-        make_gate(settings, session, state.pod, metrics.peer_requests.inc),
+        gate,
         session,
         HealthCheck.from_settings(settings),
     )
+    extra, peers = getattr(gate, "status_extra", None), getattr(gate, "peers_doc", None)
+    api = Api(state, metrics, lambda: reloader.alive, extra, peers)
     try:
-        runner, port = await start_server(make_app(Api(state, metrics, lambda: reloader.alive)), *settings.listen)
+        runner, port = await start_server(make_app(api), *settings.listen)
     except OSError as e:  # taken since the CLI's check (see preflight.py)
         host, port = settings.listen
         raise StartupError(listen_failed("RELOAD_LISTEN", f"{host}:{port}", port, e)) from None

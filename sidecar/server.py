@@ -1,4 +1,4 @@
-"""The sidecar's own HTTP API: /healthz, /readyz, /status, /metrics. Read-only: nothing here changes state.
+"""The sidecar's own HTTP API: /healthz, /readyz, /status, /peers, /metrics. Read-only: nothing here changes state.
 
 A connection that sends no request for `IDLE_TIMEOUT_S` (none at all, half of one, or none since the
 last answer) is closed, so idle connections cannot pile up.
@@ -11,6 +11,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -31,6 +32,9 @@ class Api:
     state: State
     metrics: Metrics
     alive: Callable[[], bool]
+    # waves mode: the gate's documents added to /status, and the peer names /peers serves
+    status_extra: Callable[[], dict[str, Any]] | None = None
+    peers: Callable[[], dict[str, Any]] | None = None
 
 
 API = web.AppKey("api", Api)
@@ -103,8 +107,19 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    body = json.dumps(request.app[API].state.status(), indent=1, sort_keys=True)
+    api = request.app[API]
+    doc = api.state.status()
+    if api.status_extra is not None:
+        doc.update(api.status_extra())
+    body = json.dumps(doc, indent=1, sort_keys=True)
     return web.Response(text=body + "\n", content_type="application/json")
+
+
+async def _peers(request: web.Request) -> web.Response:
+    """waves mode: the pod names this sidecar knows for the addresses `RELOAD_PEERS` lists (no contents)."""
+    api = request.app[API]
+    doc = api.peers() if api.peers is not None else {"pod": api.state.pod, "peers": {}}
+    return web.Response(text=json.dumps(doc, sort_keys=True) + "\n", content_type="application/json")
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -120,6 +135,7 @@ def make_app(api: Api, *, idle_timeout_s: float = IDLE_TIMEOUT_S) -> web.Applica
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/status", _status)
+    app.router.add_get("/peers", _peers)
     app.router.add_get("/metrics", _metrics)
     return app
 

@@ -138,9 +138,12 @@ class Settings:
     pod_name: str = ""
     # The StatefulSet ordinal at the end of `pod_name` (`web-3` -> 3), None when it has none.
     pod_ordinal: int | None = None
-    # (host, port) of each `RELOAD_PEERS` entry; a name is resolved again on every round.
+    # (host, port) of each `RELOAD_PEERS` entry; a name is resolved again at each membership refresh.
     peers: tuple[tuple[str, int], ...] = ()
     bake_s: float = 30.0
+    # Peer read timeout and how long an unanswering peer is kept; None = derived (stagger.py).
+    peer_timeout_s: float | None = None
+    peer_forget_s: float | None = None
     # The sidecar's own HTTP server (host, port).
     listen: tuple[str, int] = ("0.0.0.0", 9533)  # noqa: S104 - a pod-wide probe/metrics port by design
     # Old versions kept in the target dir besides the current one.
@@ -397,6 +400,8 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_POD_NAME", "pod_name", str),
     ("RELOAD_PEERS", "peers", _peers),
     ("RELOAD_BAKE_S", "bake_s", _float(0)),
+    ("RELOAD_PEER_TIMEOUT_S", "peer_timeout_s", _float(0.05, 60)),
+    ("RELOAD_PEER_FORGET_S", "peer_forget_s", _float(0.1)),
     ("RELOAD_LISTEN", "listen", _host_port),
     ("RELOAD_HISTORY", "history", _int(0, 1000)),
     ("RELOAD_LOG_FORMAT", "log_format", _choice("json", "console")),
@@ -439,7 +444,12 @@ COMMAND_VARS: Mapping[str, tuple[str, ...]] = {
 }
 
 # Filled in at run time, not in `Settings`: name -> the default as docs/reference.md writes it.
-_RUNTIME_DEFAULTS = {"RELOAD_POD_NAME": "(host name)"}
+_RUNTIME_DEFAULTS = {
+    "RELOAD_POD_NAME": "(host name)",  # run.serve_sidecar falls back to os.uname().nodename
+    # stagger.make_gate derives them from RELOAD_BAKE_S and the fleet size (docs/stagger.md)
+    "RELOAD_PEER_TIMEOUT_S": "(derived)",
+    "RELOAD_PEER_FORGET_S": "(derived)",
+}
 
 
 def env_defaults() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""`Fleet.poll` in-process against loopback aiohttp servers, one per fake peer (no sidecar processes)."""
+"""`Fleet` over real HTTP (`HttpTransport`) against loopback aiohttp servers, one per fake peer (no sidecars)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sidecar.peers import Fleet
+from sidecar.peers import Fleet, HttpTransport
 
 
 @dataclass
@@ -21,6 +21,8 @@ class FakePeer:
     answer: Any
     status: int = 200
     reads: int = 0
+    peers: dict[str, list[Any]] = field(default_factory=dict)  # what its /peers serves
+    peer_reads: int = 0
     port: int = 0
     runner: web.AppRunner | None = field(default=None, repr=False)
 
@@ -34,6 +36,10 @@ class FakePeer:
             return web.Response(status=self.status)
         return web.json_response(self.answer)
 
+    async def _peers(self, _request: web.Request) -> web.Response:
+        self.peer_reads += 1
+        return web.json_response({"pod": "x", "peers": self.peers})
+
 
 def _status(pod: str, **versions: str) -> dict[str, Any]:
     return {"pod": pod, "now": 100.0, "versions": {v: {"state": s, "since": 50.0} for v, s in versions.items()}}
@@ -46,6 +52,7 @@ async def _peers(*answers: Any) -> AsyncIterator[list[FakePeer]]:
         for peer in peers:
             app = web.Application()
             app.router.add_get("/status", peer._status)
+            app.router.add_get("/peers", peer._peers)
             peer.runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await peer.runner.setup()
             site = web.TCPSite(peer.runner, "127.0.0.1", 0)
@@ -64,12 +71,19 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
+def _fleet(session: aiohttp.ClientSession, peers: list[FakePeer], **kw: Any) -> Fleet:
+    kw.setdefault("timeout_s", 10)
+    return Fleet(HttpTransport(session), tuple(p.address for p in peers), "web-0", **kw)
+
+
 async def test_peers_are_known_by_the_pod_name_they_report(session: aiohttp.ClientSession) -> None:
-    """Views are keyed by the `pod` of each /status (not the address), and this pod's own entry is left out."""
+    """Members are the names each /status reports (not the addresses), this pod included; a read is keyed so."""
     async with _peers(_status("web-1", v1="healthy"), _status("web-2"), _status("web-0")) as peers:
-        fleet = Fleet(session, tuple(p.address for p in peers), "web-0", timeout_s=10)
-        views = await fleet.poll()
-    assert sorted(views) == ["web-1", "web-2"]
+        fleet = _fleet(session, peers)
+        await fleet.refresh()
+        assert fleet.members() == {"web-0", "web-1", "web-2"}
+        views = await fleet.read(["web-1", "web-2", "web-0"])
+    assert sorted(views) == ["web-1", "web-2"]  # never itself
     assert views["web-1"].version_state("v1") == ("healthy", 50.0)
     assert views["web-2"].version_state("v1") is None
 
@@ -83,57 +97,84 @@ async def test_an_answer_without_a_pod_name_is_no_peer(
 ) -> None:
     async with _peers(answer, _status("web-2")) as peers:
         peers[0].status = status
-        fleet = Fleet(session, tuple(p.address for p in peers), "web-0", timeout_s=10)
-        assert sorted(await fleet.poll()) == ["web-2"]
+        fleet = _fleet(session, peers)
+        await fleet.refresh()
+        assert fleet.members() == {"web-0", "web-2"}
 
 
 async def test_a_closed_address_is_skipped(session: aiohttp.ClientSession) -> None:
     async with _peers(_status("web-1")) as peers:
         closed = peers[0].address
     async with _peers(_status("web-2")) as peers:
-        fleet = Fleet(session, (closed, peers[0].address), "web-0", timeout_s=10)
-        assert sorted(await fleet.poll()) == ["web-2"]
+        fleet = Fleet(HttpTransport(session), (closed, peers[0].address), "web-0", timeout_s=10)
+        await fleet.refresh()
+        assert fleet.members() == {"web-0", "web-2"}
 
 
 async def test_a_silent_peer_is_kept_until_forget_after_s(session: aiohttp.ClientSession) -> None:
-    """A peer that stops answering keeps its last view while it may just be slow, and is then forgotten."""
+    """A peer that stops answering keeps its last view while it may just be slow, and is then gone."""
     async with _peers(_status("web-1", v1="healthy"), _status("web-2")) as peers:
-        patient = Fleet(session, tuple(p.address for p in peers), "web-0", timeout_s=10, forget_after_s=3600)
-        forgetful = Fleet(session, tuple(p.address for p in peers), "web-0", timeout_s=10, forget_after_s=0)
+        patient = _fleet(session, peers, forget_after_s=3600)
+        forgetful = _fleet(session, peers, forget_after_s=0)
         for fleet in (patient, forgetful):
-            assert sorted(await fleet.poll()) == ["web-1", "web-2"]
+            await fleet.refresh()
+            assert sorted(await fleet.read(["web-1", "web-2"])) == ["web-1", "web-2"]
         peers[0].status = 503
         for _ in range(3):
-            views = await patient.poll()
-            assert sorted(views) == ["web-1", "web-2"] and views["web-1"].version_state("v1") == ("healthy", 50.0)
-        await forgetful.poll()  # the first failed read starts its clock
-        assert sorted(await forgetful.poll()) == ["web-2"]
-        peers[0].status = 200  # back: known again at once
-        assert sorted(await forgetful.poll()) == ["web-1", "web-2"]
+            views = await patient.read(["web-1", "web-2"])
+            assert views["web-1"].version_state("v1") == ("healthy", 50.0) and not patient.gone("web-1")
+        await forgetful.read(["web-1"])  # the first failed read starts its clock
+        await forgetful.read(["web-1"])
+        assert forgetful.gone("web-1") and forgetful.gone_pods() == {"web-1"} and not forgetful.gone("web-2")
+        peers[0].status = 200  # back: answering again at once
+        await forgetful.read(["web-1"])
+        assert not forgetful.gone("web-1")
 
 
-async def test_a_peer_whose_address_left_the_list_is_forgotten(session: aiohttp.ClientSession) -> None:
+async def test_a_peer_whose_address_left_the_list_is_dropped_at_the_next_refresh(
+    session: aiohttp.ClientSession,
+) -> None:
     async with _peers(_status("web-1"), _status("web-2")) as peers:
-        fleet = Fleet(session, tuple(p.address for p in peers), "web-0", timeout_s=10, forget_after_s=3600)
-        assert sorted(await fleet.poll()) == ["web-1", "web-2"]
+        fleet = _fleet(session, peers, forget_after_s=3600)
+        await fleet.refresh()
+        await fleet.read(["web-1", "web-2"])
         fleet.peers = (peers[1].address,)
-        assert sorted(await fleet.poll()) == ["web-2"]
+        assert fleet.members() == {"web-0", "web-1", "web-2"}  # until the next refresh
+        await fleet.refresh()
+        assert fleet.members() == {"web-0", "web-2"} and sorted(fleet.views) == ["web-2"]
 
 
-async def test_a_round_reads_only_the_wanted_peers_and_every_nth_round_all(session: aiohttp.ClientSession) -> None:
-    """With `want`, known peers outside it are not read (their last view is kept); round 1, 1 + n, ... read all."""
+async def test_a_read_reads_only_the_named_peers(session: aiohttp.ClientSession) -> None:
+    """`read` asks exactly the peers named (a tree neighbourhood), each once, and counts them."""
     counted: list[int] = []
     async with _peers(_status("web-1"), _status("web-2"), _status("web-3")) as peers:
-        fleet = Fleet(
-            session, tuple(p.address for p in peers), "web-0", timeout_s=10, full_every=3, on_requests=counted.append
-        )
-        assert sorted(await fleet.poll({"web-1"})) == ["web-1", "web-2", "web-3"]  # round 1: all, names unknown
-        peers[2].answer = _status("web-3", v1="failed")
-        views = await fleet.poll({"web-1"})  # round 2
-        assert views["web-3"].version_state("v1") is None  # not re-read
-        await fleet.poll({"web-1", "web-3"})  # round 3
-        assert [p.reads for p in peers] == [3, 1, 2]
-        views = await fleet.poll({"web-1"})  # round 4 = 1 + full_every: everybody
-        assert views["web-3"].failed("v1")
-        assert await fleet.poll() and counted == [3, 1, 2, 3, 3]  # no `want`: everybody
-    assert [p.reads for p in peers] == [5, 3, 4]
+        fleet = _fleet(session, peers, on_requests=counted.append)
+        await fleet.refresh()
+        assert [p.reads for p in peers] == [1, 1, 1] and counted == [3]  # names learnt: one read each
+        await fleet.read(["web-1", "web-1", "web-3", "web-9"])  # web-9: nobody knows it, not read
+        assert [p.reads for p in peers] == [2, 1, 2] and counted == [3, 2]
+        await fleet.refresh()  # every name known: a refresh resolves and reads nobody
+        assert [p.reads for p in peers] == [2, 1, 2] and counted == [3, 2]
+
+
+async def test_a_refresh_learns_many_names_in_bulk_from_one_peer(session: aiohttp.ClientSession) -> None:
+    """More unknown addresses than `learn_per_round`: one peer's /peers names them; a few are read directly."""
+    async with _peers(*(_status(f"web-{i}") for i in range(1, 7))) as peers:
+        for p in peers:
+            p.peers = {f"web-{i}": list(q.address) for i, q in enumerate(peers[:4], start=1)}
+        fleet = _fleet(session, peers, learn_per_round=2)
+        await fleet.refresh()
+        assert sum(p.peer_reads for p in peers) == 1
+        assert sum(p.reads for p in peers) == 2  # web-5 and web-6, which /peers did not name
+        assert fleet.members() == {f"web-{i}" for i in range(7)}
+        assert fleet.peers_doc()["peers"]["web-3"] == list(peers[2].address)
+
+
+async def test_an_address_now_serving_another_pod_is_renamed(session: aiohttp.ClientSession) -> None:
+    """An IP reused by a new pod: the read learns the new name and drops the old one."""
+    async with _peers(_status("web-1"), _status("web-2")) as peers:
+        fleet = _fleet(session, peers)
+        await fleet.refresh()
+        peers[0].answer = _status("web-7")
+        assert await fleet.read(["web-1"]) == {}
+        assert fleet.members() == {"web-0", "web-7", "web-2"}

@@ -10,6 +10,7 @@ pod computes the same version hash; that is what makes the coordinated waves pos
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from sidecar.stagger import wave_of, wave_order
 from tests.e2e.apps import NginxProc, nginx_bin, nginx_conf, start_nginx
 from tests.e2e.netns import pod_network
 from tests.e2e.receiver import always, serving
-from tests.e2e.sidecar_proc import Sidecar, wait_for
+from tests.e2e.sidecar_proc import Sidecar, http_get, wait_for
 from tests.kubelet import project
 
 BAKE_S = 1.0
@@ -155,6 +156,14 @@ def test_good_version_rolls_out_in_log2_waves_and_bad_one_reaches_one_pod(tmp_pa
                 assert st["versions"][bad]["state"] == "held"
                 assert pod.car.metrics()["reload_sidecar_held_total"] == 1.0
         assert sum(p.car.metrics()["reload_sidecar_rollbacks_total"] for p in pods if p.car) == 1.0
+
+        # Settled: no pod reads any other (the tree rounds end with the hold); /peers names the fleet.
+        before = [p.car.metrics()["reload_sidecar_peer_requests_total"] for p in pods if p.car]
+        time.sleep(3 * BAKE_S)
+        assert [p.car.metrics()["reload_sidecar_peer_requests_total"] for p in pods if p.car] == before
+        assert pods[0].car is not None
+        code, body = http_get(pods[0].car.url + "/peers")
+        assert code == 200 and set(json.loads(body)["peers"]) == {p.name for p in pods}  # itself too
 
 
 @pytest.mark.timeout(120)
