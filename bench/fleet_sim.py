@@ -20,7 +20,8 @@ baked); a bad version that fails health on every pod that applies it (pods touch
 to reach every pod). With `--partition`, a fraction of the pods is cut off from the rest during each
 version and the cut healed once the larger side settled; `*_all` figures include the healed side.
 
-`--protocol old` runs the gate and Fleet of `git show main:sidecar/{stagger,peers}.py` (loaded as a
+`--protocol old` runs the gate and Fleet of `git show OLD:sidecar/{stagger,peers}.py`, OLD being the last
+commit before the tree protocol (`--old-ref`; loaded as a
 module from a temporary directory, their HTTP reads and DNS replaced by the same simulated network).
 """
 
@@ -237,14 +238,18 @@ class SimPod:
         return order, order.index(self.name) if self.name in order else -1
 
 
-def load_old_protocol() -> types.ModuleType:
-    """`sidecar/stagger.py` and `sidecar/peers.py` of git main as package `sidecar_main` (HTTP and DNS stubbed)."""
+# The last commit whose waves protocol read whole waves and the whole fleet (before the tree over the ranks).
+OLD_PROTOCOL_REF = "5187a4c"
+
+
+def load_old_protocol(ref: str = OLD_PROTOCOL_REF) -> types.ModuleType:
+    """`sidecar/stagger.py` and `sidecar/peers.py` at `ref` as package `sidecar_main` (HTTP and DNS stubbed)."""
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-main-"))
     pkg = tmp / "sidecar_main"
     pkg.mkdir()
     for name in ("stagger", "peers"):
         text = subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"main:sidecar/{name}.py"], check=True, capture_output=True, text=True
+            ["git", "-C", str(ROOT), "show", f"{ref}:sidecar/{name}.py"], check=True, capture_output=True, text=True
         ).stdout
         (pkg / f"{name}.py").write_text(text)
     (pkg / "settings.py").write_text("from sidecar.settings import Settings  # noqa: F401\n")
