@@ -41,8 +41,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,44 +51,15 @@ from tests.e2e.apps import free_port, http_get  # noqa: E402 - path set above
 from tests.e2e.supervisor import Supervisor  # noqa: E402
 from tests.kubelet import project  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rollback import Log, wait  # noqa: E402 - the sidecar log reader and poll loop the rollback bench uses
+
 APP = ROOT / "tests" / "e2e" / "config_app.py"
 HEALTH = {"RELOAD_HEALTH_SUCCESSES": "3", "RELOAD_HEALTH_INTERVAL_S": "0.1", "RELOAD_HEALTH_TIMEOUT_S": "2"}
 
 
 def conf(body: str, healthy: bool = True) -> dict[str, str]:
     return {"app.conf": f"body: {body}\nhealth: {'ok' if healthy else 'fail'}\n"}
-
-
-def wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(OSError, ValueError):
-            value = cond()
-            if value:
-                return value
-        time.sleep(0.005)
-    raise SystemExit(f"timed out after {timeout} s waiting for {what}")
-
-
-class Log:
-    """The sidecar's JSON log, read incrementally: events with their wall-clock time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.events = path, 0, list[dict[str, Any]]()
-
-    def poll(self) -> list[dict[str, Any]]:
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        end = chunk.rfind(b"\n") + 1
-        self.offset += end
-        for line in chunk[:end].splitlines():
-            with contextlib.suppress(ValueError):
-                ev = json.loads(line)
-                if isinstance(ev, dict) and "timestamp" in ev:
-                    ev["t"] = datetime.fromisoformat(ev["timestamp"]).timestamp()
-                    self.events.append(ev)
-        return self.events
 
 
 class Poller:
