@@ -5,7 +5,7 @@
   python3 bench/fleet_sim.py --pods 1000 --json       # one JSON object
   python3 bench/fleet_sim.py --pods 1000 --dead 0.01 --json
   python3 bench/fleet_sim.py --pods 1000 --partition 0.1 --json
-  python3 bench/fleet_sim.py --pods 100 --protocol old   # the protocol of git main, same simulation
+  python3 bench/fleet_sim.py --pods 100 --protocol old   # the protocol before the tree (git history), same simulation
 
 Every pod is a real `sidecar.stagger.WavesGate` over a real `sidecar.peers.Fleet` and a real
 `sidecar.state.State`; only the network (`Transport`: latency, loss, slow pods, dead pods, a partition)
@@ -233,7 +233,7 @@ class SimPod:
         views = getattr(self.gate, "views", None)
         if views is not None and version in views:  # this protocol: the order its last round used
             order = views[version].order
-        else:  # main's protocol: the peers it knew
+        else:  # the old protocol: the peers it knew
             order = tuple(stagger.wave_order(version, set(self.gate.fleet.views) | {self.name}))
         return order, order.index(self.name) if self.name in order else -1
 
