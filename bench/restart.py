@@ -52,7 +52,7 @@ from tests.e2e.supervisor import Supervisor  # noqa: E402
 from tests.kubelet import project  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rollback import Log, wait  # noqa: E402 - the sidecar log reader and poll loop the rollback bench uses
+from rollback import Log, wait, wait_rolled_back  # noqa: E402 - the sidecar log reader and poll loop the rollback bench uses
 
 APP = ROOT / "tests" / "e2e" / "config_app.py"
 HEALTH = {"RELOAD_HEALTH_SUCCESSES": "3", "RELOAD_HEALTH_INTERVAL_S": "0.1", "RELOAD_HEALTH_TIMEOUT_S": "2"}
@@ -115,13 +115,7 @@ def one_bad(i: int, volume: Path, url: str, log: Log, good: str) -> dict[str, fl
     poller = Poller(url)
     project(volume, conf(bad, healthy=False))
     t_swap = time.time()
-    done = wait(
-        lambda: next((e for e in log.poll()[seen:] if e["event"] in ("rolled_back", "rolled_back_unhealthy")), None),
-        60,
-        f"bad run {i}: rollback",
-    )
-    if done["event"] != "rolled_back":
-        raise SystemExit(f"bad run {i}: {done}")
+    wait_rolled_back(log, seen, 60, f"bad run {i}")
     wait(lambda: poller.answers and poller.answers[-1][1] == good, 10, "good body again")
     answers = poller.stop()
     if not any(b == bad for _, b in answers):

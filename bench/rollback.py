@@ -95,6 +95,18 @@ class Log:
         return self.events
 
 
+def wait_rolled_back(log: Log, seen: int, timeout: float, what: str) -> dict[str, Any]:
+    """The first rollback event after the `seen` first ones; exits the bench if the rollback itself failed."""
+    done: dict[str, Any] = wait(
+        lambda: next((e for e in log.poll()[seen:] if e["event"] in ("rolled_back", "rolled_back_unhealthy")), None),
+        timeout,
+        f"{what}: rollback",
+    )
+    if done["event"] != "rolled_back":
+        raise SystemExit(f"{what}: {done}")
+    return done
+
+
 class Sidecar:
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
         self.port = free_port()
@@ -241,13 +253,7 @@ def one_run(i: int, app: Any, volume: Path, log: Log) -> dict[str, float]:
     time.sleep(0.02)  # a few answers of the good version first
     project(volume, app.files(bad_body, bad=True))
     t_swap = time.time()
-    done = wait(
-        lambda: next((e for e in log.poll()[seen:] if e["event"] in ("rolled_back", "rolled_back_unhealthy")), None),
-        15,
-        f"run {i}: rollback",
-    )
-    if done["event"] != "rolled_back":
-        raise SystemExit(f"run {i}: {done}")
+    done = wait_rolled_back(log, seen, 15, f"run {i}")
     t_good = app.serving_good_at("good", bad_body)
     evs = log.events[seen:]
     bad = done["version"]
