@@ -146,9 +146,6 @@ class Fleet:
             cached = self._members_cache = (self.names, self._listed, members)
         return cached[2]
 
-    def address_of(self, pod: str) -> Address | None:
-        return self._by_name.get(pod)
-
     @property
     def _by_name(self) -> dict[str, Address]:
         cached = getattr(self, "_by_name_cache", None)
@@ -219,9 +216,10 @@ class Fleet:
         finishes in the background and counts from then on, so it never holds up the answers of the
         others; a peer whose read is still under way is not asked again.
         """
+        wanted = dict.fromkeys(pods)
         targets = [
             (pod, self._by_name[pod])
-            for pod in dict.fromkeys(pods)
+            for pod in wanted
             if pod != self.me and pod in self._by_name and pod not in self._in_flight
         ]
         if self.on_requests is not None and targets:
@@ -234,7 +232,7 @@ class Fleet:
             tasks.append(task)
         if tasks:
             await asyncio.wait(tasks, timeout=wait_s)
-        return {pod: self.views[pod] for pod in dict.fromkeys(pods) if pod in self.views}
+        return {pod: self.views[pod] for pod in wanted if pod in self.views}
 
     def _answered(self, pod: str, address: Address, task: asyncio.Future[dict[str, Any] | None]) -> None:
         self._in_flight.pop(pod, None)

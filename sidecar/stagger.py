@@ -195,14 +195,6 @@ class WaveView:
     def children(self, rank: int) -> tuple[str, ...]:
         return self.order[rank * self.fanout + 1 : rank * self.fanout + self.fanout + 1]
 
-    def ancestors(self, pod: str) -> tuple[str, ...]:
-        """Parent, grandparent ... up to the canary."""
-        out, rank = [], self.rank[pod]
-        while rank:
-            rank = (rank - 1) // self.fanout
-            out.append(self.order[rank])
-        return tuple(out)
-
     def upstream(self, pod: str) -> tuple[str, ...]:
         """Where `pod` gets "down" from, in order: its parent, then (while those are silent) one of the
         parent's siblings, the grandparent, one of its siblings ... the canary. "down" is the same
@@ -354,14 +346,9 @@ def wave_round(
     pod left out of the order, or cut off for a while, catches up).
     """
     doc: dict[str, Any] = {"view": view.key, "n": len(view.order), "gone": sorted(gone)[:1000], "hold": None}
-    held = _hold_reason(view.version, own, peers)
-    if held is not None:
-        doc["hold"] = held
-        return WaveStep("held", held, doc)
-    finished = _finished(view.version, peers, now, bake_s)
-    if finished is not None:  # passed on, so a pod that reads only this one can catch up too
-        doc.update(down=finished[1], done=True)
-        return WaveStep("go", f"{finished[0]} reports every wave done and baked", doc)
+    settled = _held_or_finished(view.version, own, peers, now, bake_s, doc)
+    if settled is not None:
+        return settled
     if me not in view.rank:
         return WaveStep("wait", f"left out of the order of {len(view.order)}: waiting for every wave to bake", doc)
     rank = view.rank[me]
@@ -383,18 +370,30 @@ def wave_round(
     return WaveStep("go", where, doc)
 
 
+def _held_or_finished(
+    version: str, own: PeerView, peers: Mapping[str, PeerView], now: float, bake_s: float, doc: dict[str, Any]
+) -> WaveStep | None:
+    """Held (this pod or a neighbour failed or holds it), or go (a neighbour reports every wave done and
+    baked: passed on in `doc`, so a pod that reads only this one can catch up too); None otherwise."""
+    held = _hold_reason(version, own, peers)
+    if held is not None:
+        doc["hold"] = held
+        return WaveStep("held", held, doc)
+    finished = _finished(version, peers, now, bake_s)
+    if finished is not None:
+        doc.update(down=finished[1], done=True)
+        return WaveStep("go", f"{finished[0]} reports every wave done and baked", doc)
+    return None
+
+
 def _minority_round(
     version: str, own: PeerView, peers: Mapping[str, PeerView], bake_s: float, now: float, reachable: int, n: int
 ) -> WaveStep:
     """This pod reaches at most half the fleet (a partition): it never goes on its own order then."""
     doc: dict[str, Any] = {"view": "", "hold": None, "gone": []}
-    held = _hold_reason(version, own, peers)
-    if held is not None:
-        return WaveStep("held", held, {**doc, "hold": held})
-    finished = _finished(version, peers, now, bake_s)
-    if finished is not None:
-        doc.update(down=finished[1], done=True)
-        return WaveStep("go", f"{finished[0]} reports every wave done and baked", doc)
+    settled = _held_or_finished(version, own, peers, now, bake_s, doc)
+    if settled is not None:
+        return settled
     return WaveStep("wait", f"only {reachable} of {n} pods reachable: waiting for a majority", doc)
 
 
@@ -491,9 +490,10 @@ class WavesGate:
                 return
             await asyncio.sleep(self.poll_s)
 
-    def _waiting(self, version: str) -> bool:
-        """This pod has not gone with `version` yet."""
-        entry = self.own_status().get("versions", {}).get(version)
+    @staticmethod
+    def _waiting(status: Mapping[str, Any], version: str) -> bool:
+        """This pod (its `/status` document) has not gone with `version` yet."""
+        entry = status.get("versions", {}).get(version)
         return not isinstance(entry, dict) or entry.get("state") in ("validating", "waiting")
 
     def _note_gone(self, version: str, peers: Mapping[str, PeerView], members: frozenset[str], gone: set[str]) -> None:
@@ -514,11 +514,11 @@ class WavesGate:
         """Read this pod's tree neighbours once and decide; `gone` grows with what they report."""
         members = self.fleet.members()
         left_out = frozenset((gone | self.fleet.gone_pods()) & members)
-        if self.forget_s is None:
-            self.fleet.forget_after_s = default_peer_forget_s(self.bake_s, self.fleet.timeout_s, len(members))
         quorate = 2 * len(left_out) < len(members)
         live = left_out if quorate else frozenset()
         if self._view_of.get(version) != (members, live):  # unchanged: no re-hashing of the whole fleet
+            if self.forget_s is None:  # derived from the fleet's size: only a membership change changes it
+                self.fleet.forget_after_s = default_peer_forget_s(self.bake_s, self.fleet.timeout_s, len(members))
             self._view_of[version] = (members, live)
             self.views[version] = WaveView.of(version, members - live)
         view = self.views[version]
@@ -536,12 +536,14 @@ class WavesGate:
                 targets += (above,)
         else:  # left out: follow one pod of the order for its "down" document
             targets = (view.order[int(hashlib.sha256(self.me.encode()).hexdigest(), 16) % len(view.order)],)
-        if probe and left_out and self._waiting(version):  # one left-out pod: back (a healed partition)? done?
+        status = self.own_status()
+        if probe and left_out and self._waiting(status, version):  # one left-out pod: back (a healed partition)? done?
             targets += (random.choice(sorted(left_out)),)  # noqa: S311
         peers = await self.fleet.read(targets, wait_s=self.poll_s)
         self._note_gone(version, peers, members, gone)
         own = PeerView(self.me, self.own_status(), self.clock())
-        if not self._waiting(version) and any((p.wave_doc(version) or {}).get("superseded") for p in peers.values()):
+        superseded = any((p.wave_doc(version) or {}).get("superseded") for p in peers.values())
+        if superseded and not self._waiting(own.status, version):
             # the fleet moved on to a newer version before this one finished: nobody waits for it any more
             return WaveStep("go", "superseded by a newer version", {"superseded": True})
         if quorate:
