@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -47,8 +48,6 @@ def parse_json(text: str) -> Parsed:
 
 
 def _digit_limit() -> int:
-    import sys  # only this rare path needs it
-
     return sys.get_int_max_str_digits()
 
 

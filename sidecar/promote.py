@@ -95,12 +95,13 @@ def promote(snapshot: Snapshot, target: Path, *, fsync: bool = True, base: Snaps
     `current_version` tells the caller which one is live.
     """
     final = version_dir(target, snapshot.version)
+    names = top_level(snapshot)
     wrote = False
     try:
         if current_version(target) == snapshot.version and final.is_dir():
-            _sync_links(target, snapshot)
+            _sync_top_links(target, names)
             return False
-        _check_top_links(target, top_level(snapshot))
+        _check_top_links(target, names)
         if not final.is_dir():
             links = _unchanged(target, snapshot, base)
             check_space(target, snapshot, set(links))
@@ -110,7 +111,7 @@ def promote(snapshot: Snapshot, target: Path, *, fsync: bool = True, base: Snaps
             os.utime(final)
         _swap(target, f"{_PREFIX}{snapshot.version}", DATA)
         wrote = False  # live now: from here on it is the caller's to keep or roll back
-        _sync_links(target, snapshot)
+        _sync_top_links(target, names)
         # The target dir itself is fsynced later, off the reload's path, by the state write that commits
         # the version: until then a power cut can only leave ..data on the previous complete version.
         return True
@@ -125,11 +126,13 @@ def promote(snapshot: Snapshot, target: Path, *, fsync: bool = True, base: Snaps
         raise PromoteError(f"promotion into {target} failed: {e}") from e
 
 
-def space_needed(snapshot: Snapshot, block: int, linked: Set[str] = frozenset()) -> int:
+def space_needed(snapshot: Snapshot, block: int, linked: Set[str] = frozenset(), ndirs: int | None = None) -> int:
     """Bytes a version takes on a filesystem with `block`-byte blocks: each file and dir rounded up, plus
-    `SPACE_MARGIN` for the state file and links. A `linked` file shares its blocks with the base version."""
+    `SPACE_MARGIN` for the state file and links. A `linked` file shares its blocks with the base version.
+    `ndirs`: the version's number of dirs, when the caller has counted them already."""
     data = sum(-(-len(b) // block) * block for name, b in snapshot.files.items() if name not in linked)
-    return data + len(_dirs(snapshot)) * block + SPACE_MARGIN
+    ndirs = len(_dirs(snapshot)) if ndirs is None else ndirs
+    return data + ndirs * block + SPACE_MARGIN
 
 
 def _dirs(snapshot: Snapshot) -> set[str]:
@@ -162,10 +165,11 @@ def check_space(target: Path, snapshot: Snapshot, linked: Set[str] = frozenset()
     except OSError:
         return  # cannot tell: let the write itself find out
     block = st.f_frsize or st.f_bsize or 4096
-    free, needed = st.f_bavail * block, space_needed(snapshot, block, linked)
+    ndirs = len(_dirs(snapshot))
+    free, needed = st.f_bavail * block, space_needed(snapshot, block, linked, ndirs)
     if free < needed:
         raise NoSpaceError(f"target {target} has {free} bytes free, version {snapshot.version} needs {needed}")
-    inodes = len(snapshot.files) - len(linked) + len(_dirs(snapshot)) + 16
+    inodes = len(snapshot.files) - len(linked) + ndirs + 16
     if st.f_files and st.f_favail < inodes:  # f_files == 0: the filesystem has no inode limit
         raise NoSpaceError(f"target {target} has {st.f_favail} inodes free, version {snapshot.version} needs {inodes}")
 
@@ -289,10 +293,6 @@ def _swap(target: Path, link_to: str, name: str) -> None:
 def top_level(snapshot: Snapshot) -> set[str]:
     """The names the app sees at the top of the target (one link each)."""
     return {name.split("/", 1)[0] for name in snapshot.files}
-
-
-def _sync_links(target: Path, snapshot: Snapshot) -> None:
-    _sync_top_links(target, top_level(snapshot))
 
 
 def _check_top_links(target: Path, top_level: set[str], entries: dict[str, os.DirEntry[str]] | None = None) -> None:

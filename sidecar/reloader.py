@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # the stages that need aiohttp are imported when a Reloader i
 
     from .metrics import Metrics
     from .stagger import Gate
-    from .trigger import Trigger
     from .verify import HealthCheck, Outcome
 
 __all__ = ["Reloader"]
@@ -457,23 +456,17 @@ class Reloader:
         self.metrics.last_successful.set(1)
         duration = time.perf_counter() - p.started
         self.metrics.duration.observe(duration)
-        if not first:
-            self._set_ready(True)  # a verified version whose record failed stays: the write is retried
-            self._after(write=True)  # off the critical path: the next version's pass does not wait for it
-        elif await self._persist():
-            self._set_ready(True)
-            self._after(write=False)
-        else:
+        if first and not await self._persist():
             # The app starts on the first version once /readyz says so: not before it is on record, or a
             # restart would take it for an unverified version and reload an app that never started.
             self._unrecorded = True
             self._degrade(f"version {p.version} is live but not recorded in the state file; retried at each resync")
-            self._after(write=False)
+        else:
+            self._set_ready(True)  # a later verified version whose record fails stays: the write is retried
+        # Off the critical path (the next version's pass does not wait for it): the state write (the first
+        # version's was just made) and the pruning of old versions.
+        self._in_background(self._record(write=not first), "record")
         log.info("committed", how=how, duration_ms=_ms(duration))
-
-    def _after(self, *, write: bool) -> None:
-        """After a commit, in the background: write the state file (if `write`), then prune old versions."""
-        self._in_background(self._record(write), "record")
 
     def _in_background(self, work: Coroutine[object, object, object], name: str) -> None:
         task: asyncio.Task[object] = asyncio.create_task(work, name=name)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .checker import StagingError, run_command, stage_files
-from .parsers import check_yaml, parse_json, parse_yaml, position
+from .parsers import check_yaml, position
 from .snapshot import Snapshot
 from .validators import FORMATS, Locate, Parsed, Problem, ValidatorSpec, formats, schema_paths
 from .validators import ProblemError as _Problem
@@ -28,8 +28,6 @@ __all__ = [
     "Verdict",
     "check_parse",
     "find_problems",
-    "parse_json",
-    "parse_yaml",
     "run_command",
     "stage_files",
     "validate",
