@@ -153,12 +153,7 @@ class SignalTrigger:
                 f"no process named {self.process!r} found in /proc; is the app running and the pod using "
                 "shareProcessNamespace: true?"
             )
-        if len(pids) > 1:
-            raise TriggerError(
-                f"{len(pids)} processes named {self.process!r} that are not each other's children: "
-                f"{', '.join(map(str, pids))}; set RELOAD_PIDFILE to say which one is the app"
-            )
-        return pids[0], None
+        return _the_app(self.process, pids), None
 
     def _check(self, pid: int, written: float | None) -> None:
         """Refuse a pid that cannot be the app's; raises `TriggerError` saying why."""
@@ -188,6 +183,16 @@ class SignalTrigger:
                 f"process {pid} from pidfile {self.pidfile} is {info.comm!r}, not {self.process!r} "
                 "(RELOAD_PROCESS); is the pidfile the app's?"
             )
+
+
+def _the_app(process: str, pids: list[int]) -> int:
+    """The one top-most process named `process` (`pids` not empty); several unrelated ones are refused."""
+    if len(pids) > 1:
+        raise TriggerError(
+            f"{len(pids)} processes named {process!r} that are not each other's children: "
+            f"{', '.join(map(str, pids))}; set RELOAD_PIDFILE to say which one is the app"
+        )
+    return pids[0]
 
 
 def read_pidfile(path: Path) -> tuple[int, float]:
@@ -236,15 +241,21 @@ def _deliver(pid: int, signum: signal.Signals, check: Callable[[], None]) -> Non
         pidfd = _pidfd(pid)
         try:
             check()
-            if pidfd is None:
-                os.kill(pid, signum)
-            else:
-                signal.pidfd_send_signal(pidfd, signum)
+            _send_signal(pid, pidfd, signum)
         finally:
             if pidfd is not None:
                 os.close(pidfd)
     except ProcessLookupError:
         raise TriggerError(f"process {pid} is gone; is the app running?") from None
+
+
+def _send_signal(pid: int, pidfd: int | None, signum: signal.Signals) -> None:
+    """Through the pidfd when there is one; raises `ProcessLookupError` when the process is gone."""
+    try:
+        if pidfd is None:
+            os.kill(pid, signum)
+        else:
+            signal.pidfd_send_signal(pidfd, signum)
     except PermissionError:
         raise TriggerError(
             f"not allowed to signal pid {pid}: run the sidecar with the app's UID or add CAP_KILL"
@@ -487,12 +498,7 @@ class RestartTrigger(SignalTrigger):
             pids = [p for p in find_processes(self.process, self.proc) if not _dead(p, self.proc)]
             if not pids:
                 return None
-            if len(pids) > 1:
-                raise TriggerError(
-                    f"{len(pids)} processes named {self.process!r} that are not each other's children: "
-                    f"{', '.join(map(str, pids))}; set RELOAD_PIDFILE to say which one is the app"
-                )
-            pid = pids[0]
+            pid = _the_app(self.process, pids)
         info = _read_proc(pid, self.proc)
         if info is None:
             return None  # a stale pidfile: the app is gone
@@ -531,17 +537,10 @@ class RestartTrigger(SignalTrigger):
                 os.close(pidfd)
 
     def _send(self, pidfd: int | None, old: _Found, signum: signal.Signals) -> None:
-        try:
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signum)
-            elif not self._gone(old):
-                os.kill(old.pid, signum)
-        except ProcessLookupError:
-            pass  # it has exited already
-        except PermissionError:
-            raise TriggerError(
-                f"not allowed to signal pid {old.pid}: run the sidecar with the app's UID or add CAP_KILL"
-            ) from None
+        if pidfd is None and self._gone(old):  # without a pidfd, its pid may name another process now
+            return
+        with contextlib.suppress(ProcessLookupError):  # it has exited already
+            _send_signal(old.pid, pidfd, signum)
 
     def _gone(self, old: _Found) -> bool:
         """Has `old` exited (gone, a zombie, or its pid now names another process)?"""
