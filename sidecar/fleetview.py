@@ -141,21 +141,29 @@ def _ago(status: Mapping[str, Any], t: Any) -> float | None:
 
 
 def newest_version(status: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The version this pod saw last (its `versions` map keeps them oldest first) and its entry."""
+    """The version whose state changed last on this pod (the one it is busy with), and its entry.
+
+    By `since`: `/status` serves `versions` with its keys sorted, not in the order they came.
+    """
     versions = status.get("versions")
-    if not isinstance(versions, dict) or not versions:
+    entries = (
+        [(_num(e.get("since")) or 0.0, v, e) for v, e in versions.items() if isinstance(e, dict)]
+        if isinstance(versions, dict)
+        else []
+    )
+    if not entries:
         return None, {}
-    version = list(versions)[-1]
-    entry = versions[version]
-    return str(version), entry if isinstance(entry, dict) else {}
+    _, version, entry = max(entries, key=lambda item: item[0])
+    return str(version), entry
 
 
-def pod_state(status: Mapping[str, Any], waves: bool, bake_s: float) -> tuple[str, Any]:
+def pod_state(status: Mapping[str, Any], bake_s: float) -> tuple[str, Any]:
     """(state, since: a time by the pod's clock) of one pod, from its `/status`.
 
     idle, validating, waiting (for its wave or its delay), updating (promoting, reloading, verifying),
-    baking (waves: healthy on the newest version for less than the bake time), held, refused (by
-    validation), rolled_back (the version failed here), rolling_back, degraded, starting.
+    baking (healthy for less than the bake time on a version it rolled out in waves, not the one it
+    started on), held, refused (by validation), rolled_back (the version failed here), rolling_back,
+    degraded, starting.
     """
     phase = status.get("state")
     version, entry = newest_version(status)
@@ -172,7 +180,8 @@ def pod_state(status: Mapping[str, Any], waves: bool, bake_s: float) -> tuple[st
         return str(kind), since
     if kind == "healthy" and version == status.get("current"):
         age = _ago(status, since)
-        return ("baking" if waves and age is not None and age < bake_s else "idle"), since
+        waved = isinstance((status.get("waves") or {}).get(version), dict)
+        return ("baking" if waved and age is not None and age < bake_s else "idle"), since
     if phase == "starting" or version is None:
         return ("starting" if phase == "starting" else "idle"), status.get("started_at")
     return "idle", since
@@ -186,13 +195,13 @@ def few_words(text: Any, chars: int = _ERROR_CHARS) -> str | None:
     return flat if len(flat) <= chars else flat[: chars - 1] + "…"
 
 
-def pod_entry(answer: Answer, views: Mapping[str, WaveView], waves: bool, bake_s: float) -> dict[str, Any]:
+def pod_entry(answer: Answer, views: Mapping[str, WaveView], bake_s: float) -> dict[str, Any]:
     """One row of the table, as `--json` prints it."""
     entry: dict[str, Any] = {"pod": answer.pod, "address": answer.address, "reachable": answer.status is not None}
     st = answer.status
     if st is None:
         return entry | {"state": "unreachable", "live": None, "version": None, "wave": None, "rank": None}
-    state, since = pod_state(st, waves, bake_s)
+    state, since = pod_state(st, bake_s)
     version, _ = newest_version(st)
     view = views.get(version) if version is not None else None
     rank = view.rank.get(answer.pod) if view is not None else None
@@ -220,12 +229,12 @@ def _healthy_on(status: Mapping[str, Any], version: str) -> float | None:
     return _ago(status, entry.get("since")) or 0.0
 
 
-def in_flight(statuses: Mapping[str, Mapping[str, Any]], waves: bool, bake_s: float) -> list[str]:
+def in_flight(statuses: Mapping[str, Mapping[str, Any]], bake_s: float) -> list[str]:
     """Versions some pod saw last and is not idle on (waiting, baking, held, refused ...), newest first."""
     seen_s: dict[str, float] = {}  # version -> seconds since the first pod that has it as its newest saw it
     for st in statuses.values():
         version, entry = newest_version(st)
-        if version is not None and pod_state(st, waves, bake_s)[0] != "idle":
+        if version is not None and pod_state(st, bake_s)[0] != "idle":
             seen_s[version] = max(seen_s.get(version, 0.0), _ago(st, entry.get("since")) or 0.0)
     return sorted(seen_s, key=lambda v: seen_s[v])
 
@@ -287,9 +296,7 @@ def version_entry(
     """One line per version in flight: how many pods run it, which wave is under way, bake left, hold."""
     healthy = {pod: t for pod, st in statuses.items() if (t := _healthy_on(st, version)) is not None}
     held, failed = _held(version, statuses), _failed(version, statuses)
-    states = Counter(
-        pod_state(st, view is not None, bake_s)[0] for st in statuses.values() if newest_version(st)[0] == version
-    )
+    states = Counter(pod_state(st, bake_s)[0] for st in statuses.values() if newest_version(st)[0] == version)
     entry: dict[str, Any] = {
         "version": version,
         "on": len(healthy),
@@ -326,9 +333,9 @@ def fleet_doc(read: FleetRead) -> dict[str, Any]:
     waves = read.stagger == "waves"
     statuses = {a.pod: a.status for a in read.answers if a.status is not None}
     pods = [a.pod for a in read.answers]
-    flying = in_flight(statuses, waves, read.bake_s)
+    flying = in_flight(statuses, read.bake_s)
     views = {v: view for v in flying if (view := order_of(v, pods, statuses)) is not None} if waves else {}
-    entries = [pod_entry(a, views, waves, read.bake_s) for a in read.answers]
+    entries = [pod_entry(a, views, read.bake_s) for a in read.answers]
     first = views.get(flying[0]) if flying else None
     entries.sort(key=lambda e: (first.rank.get(e["pod"], len(pods)) if first else 0, _natural(e["pod"])))
     return {
