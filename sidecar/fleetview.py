@@ -251,7 +251,8 @@ def _gone(statuses: Iterable[Mapping[str, Any]], version: str) -> set[str]:
 
 def order_of(version: str, pods: Sequence[str], statuses: Mapping[str, Mapping[str, Any]]) -> WaveView | None:
     """The order the pods use for `version`: the one whose key their waves documents name most, among
-    every known pod and those minus the ones reported left out or silent; None without any document."""
+    every known pod and those minus the ones reported left out or silent; None when no document names
+    any of these (then no wave or rank is shown rather than a guess)."""
     keys = Counter(
         doc["view"]
         for st in statuses.values()
@@ -263,7 +264,8 @@ def order_of(version: str, pods: Sequence[str], statuses: Mapping[str, Mapping[s
     silent = {pod for pod in pods if pod not in statuses}
     candidates = [frozenset(pods) - gone, frozenset(pods) - gone - silent, frozenset(pods), frozenset(pods) - silent]
     views = [WaveView.of(version, c) for c in candidates if c]
-    return max(views, key=lambda view: keys.get(view.key, 0), default=None)
+    best = max(views, key=lambda view: keys.get(view.key, 0), default=None)
+    return best if best is not None and keys.get(best.key) else None
 
 
 def _failed(version: str, statuses: Mapping[str, Mapping[str, Any]]) -> str | None:
@@ -369,16 +371,18 @@ def duration(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def _row(e: Mapping[str, Any], timeout_s: float) -> list[str]:
+def _row(e: Mapping[str, Any], timeout_s: float, several: bool) -> list[str]:
+    """One pod's row; with several versions in flight, the state names the version it is about."""
     if not e["reachable"]:
         return [e["pod"], "-", "unreachable", "-", "-", "-", f"no answer from {e['address']} in {timeout_s:g}s"]
     error = few_words(e["last_error"])
     if error is not None:
         error = f"{duration(e['last_error_s'])} ago: {error}"
+    about = f" {e['version'][:8]}" if several and e["version"] and e["version"] != e["live"] else ""
     return [
         e["pod"],
         e["live"] or "-",
-        e["state"],
+        e["state"] + about,
         "-" if e["wave"] is None else str(e["wave"]),
         "-" if e["rank"] is None else str(e["rank"]),
         "-" if e["since_s"] is None else f"{duration(e['since_s'])} ago",
@@ -400,7 +404,7 @@ def version_line(v: Mapping[str, Any]) -> str:
 def render(doc: Mapping[str, Any]) -> list[str]:
     """The table and the version lines, as printed."""
     head = ["POD", "LIVE", "STATE", "WAVE", "RANK", "SINCE", "LAST ERROR"]
-    rows = [head] + [_row(e, doc["timeout_s"]) for e in doc["pods"]]
+    rows = [head] + [_row(e, doc["timeout_s"], len(doc["versions"]) > 1) for e in doc["pods"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
     stagger = doc["stagger"] + (f", bake {doc['bake_s']:g}s" if doc["bake_s"] is not None else "")
     lines = [

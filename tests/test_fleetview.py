@@ -21,6 +21,7 @@ from sidecar.fleetview import (
     in_flight,
     merge_answers,
     newest_version,
+    order_of,
     pod_state,
     render,
 )
@@ -284,3 +285,37 @@ def test_the_newest_version_is_the_last_to_change_not_the_last_key() -> None:
     assert list(doc["versions"]) == [first, NEW]
     assert newest_version(doc) == (first, doc["versions"][first])
     assert pod_state(doc, BAKE_S)[0] == "rolled_back"
+
+
+def test_the_order_without_the_pods_left_out_and_none_when_no_document_agrees() -> None:
+    """A pod the documents report left out has no rank (the others are ranked without it); documents
+    built on an order the view cannot rebuild give no wave or rank rather than a guess."""
+    out = VIEW.order[3]
+    smaller = WaveView.of(NEW, frozenset(PODS) - {out})
+    doc = {"view": smaller.key, "n": 7, "gone": [out], "hold": None}
+    statuses = [
+        status(pod, OLD, ((OLD, "healthy", 600), (NEW, "waiting", 5)), waves={NEW: doc}) for pod in PODS if pod != out
+    ]
+    statuses.append(status(out, OLD, ((OLD, "healthy", 600), (NEW, "waiting", 5))))
+    rows = fleet_doc(read(*statuses))["pods"]
+    assert [r["pod"] for r in rows] == [*smaller.order, out]
+    assert [r["rank"] for r in rows] == [*range(7), None]
+    assert order_of(NEW, PODS, {s["pod"]: s for s in statuses}) == smaller
+    strange = {**doc, "view": "0123456789abcdef"}
+    others = {pod: status(pod, OLD, ((NEW, "waiting", 5),), waves={NEW: strange}) for pod in PODS}
+    assert order_of(NEW, PODS, others) is None
+    assert {r["rank"] for r in fleet_doc(read(*others.values()))["pods"]} == {None}
+
+
+def test_two_versions_in_flight_each_pod_says_which_one_it_is_about() -> None:
+    """A newer version pushed while one still rolls: a line each, newest first; a pod's state names its version."""
+    newer = "9999999999999999"
+    statuses = mid_rollout()
+    statuses[-1] = status(VIEW.order[-1], OLD, ((OLD, "healthy", 600), (NEW, "waiting", 40), (newer, "validating", 1)))
+    doc = fleet_doc(read(*statuses))
+    assert [v["version"] for v in doc["versions"]] == [newer, NEW]
+    text = render(doc)
+    [row] = [t for t in text if t.startswith(VIEW.order[-1])]
+    assert row.split()[1:3] == [OLD, "validating"] and row.split()[3] == newer[:8]
+    [waiting] = [t for t in text if t.startswith(VIEW.order[3])]
+    assert waiting.split()[2:4] == ["waiting", NEW[:8]]
