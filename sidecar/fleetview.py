@@ -32,6 +32,7 @@ __all__ = ["Answer", "FleetRead", "fleet_doc", "read_fleet", "render", "run_flee
 
 _PARALLEL = 128  # reads under way at once (a fleet of 1,000 pods is read in a few batches, never 1,000 sockets)
 _ERROR_CHARS = 48  # "last error in a few words"
+_HASH = re.compile(r"\b([0-9a-f]{8})[0-9a-f]{8}\b")  # a version hash (snapshot.py: 16 hex digits)
 # Version states in a pod's /status `versions` that mean it has not gone with the version yet.
 _PENDING = ("validating", "waiting")
 
@@ -195,22 +196,22 @@ def few_words(text: Any, chars: int = _ERROR_CHARS) -> str | None:
     return flat if len(flat) <= chars else flat[: chars - 1] + "…"
 
 
-def pod_entry(answer: Answer, views: Mapping[str, WaveView], bake_s: float) -> dict[str, Any]:
-    """One row of the table, as `--json` prints it."""
+def pod_entry(answer: Answer, views: Mapping[str, WaveView], bake_s: float, newest: str | None) -> dict[str, Any]:
+    """One row of the table, as `--json` prints it: wave and rank in the order of the version this pod is
+    busy with (a pod that did not answer: of `newest`, the newest version in flight)."""
     entry: dict[str, Any] = {"pod": answer.pod, "address": answer.address, "reachable": answer.status is not None}
     st = answer.status
-    if st is None:
-        return entry | {"state": "unreachable", "live": None, "version": None, "wave": None, "rank": None}
-    state, since = pod_state(st, bake_s)
-    version, _ = newest_version(st)
+    version = newest_version(st)[0] if st is not None else newest
     view = views.get(version) if version is not None else None
     rank = view.rank.get(answer.pod) if view is not None else None
+    entry |= {"wave": wave_of(rank) if rank is not None else None, "rank": rank}
+    if st is None:
+        return entry | {"state": "unreachable", "live": None, "version": None}
+    state, since = pod_state(st, bake_s)
     return entry | {
         "state": state,
         "live": st.get("current"),
         "version": version,
-        "wave": wave_of(rank) if rank is not None else None,
-        "rank": rank,
         "since": since,
         "since_s": _ago(st, since),
         "last_error": st.get("last_error"),
@@ -337,7 +338,7 @@ def fleet_doc(read: FleetRead) -> dict[str, Any]:
     pods = [a.pod for a in read.answers]
     flying = in_flight(statuses, read.bake_s)
     views = {v: view for v in flying if (view := order_of(v, pods, statuses)) is not None} if waves else {}
-    entries = [pod_entry(a, views, read.bake_s) for a in read.answers]
+    entries = [pod_entry(a, views, read.bake_s, flying[0] if flying else None) for a in read.answers]
     first = views.get(flying[0]) if flying else None
     entries.sort(key=lambda e: (first.rank.get(e["pod"], len(pods)) if first else 0, _natural(e["pod"])))
     return {
@@ -375,7 +376,7 @@ def _row(e: Mapping[str, Any], timeout_s: float, several: bool) -> list[str]:
     """One pod's row; with several versions in flight, the state names the version it is about."""
     if not e["reachable"]:
         return [e["pod"], "-", "unreachable", "-", "-", "-", f"no answer from {e['address']} in {timeout_s:g}s"]
-    error = few_words(e["last_error"])
+    error = few_words(_short(e["last_error"])) if e["last_error"] else None
     if error is not None:
         error = f"{duration(e['last_error_s'])} ago: {error}"
     about = f" {e['version'][:8]}" if several and e["version"] and e["version"] != e["live"] else ""
@@ -391,14 +392,19 @@ def _row(e: Mapping[str, Any], timeout_s: float, several: bool) -> list[str]:
 
 
 def version_line(v: Mapping[str, Any]) -> str:
-    parts = [f"{v['on']} of {v['of']} pods"]
+    states = ", ".join(f"{n} {s}" for s, n in v["states"].items())
+    parts = [f"{v['on']} of {v['of']} pods" + (f" ({states})" if states else "")]
     if v["waves"] is not None:
         parts.append("all waves done" if v["wave"] >= v["waves"] else f"wave {v['wave']} of {v['waves']}")
     if v["bake_left_s"] is not None:
-        parts.append(f"bake {duration(v['bake_left_s'])} left")
-    parts.append(f"HELD: {v['why']}" if v["held"] else (v["why"] or "not held"))
-    states = ", ".join(f"{n} {s}" for s, n in v["states"].items())
-    return f"version {v['version']}: {'; '.join(parts)}" + (f" ({states})" if states else "")
+        parts.append(f"bake {duration(v['bake_left_s'])} left" if v["bake_left_s"] > 0 else "baked")
+    parts.append(f"HELD: {_short(v['why'])}" if v["held"] else (_short(v["why"]) if v["why"] else "not held"))
+    return f"version {v['version']}: {'; '.join(parts)}"
+
+
+def _short(text: str) -> str:
+    """Version hashes cut to 8 characters, so a few words say more."""
+    return _HASH.sub(r"\1", text)
 
 
 def render(doc: Mapping[str, Any]) -> list[str]:

@@ -126,7 +126,7 @@ def test_a_rollout_in_waves() -> None:
     assert line["bake_left_s"] == BAKE_S - 5.0  # the latest of waves 0 and 1 turned healthy 5 s ago
     text = render(doc)
     assert text[-1] == (
-        f"version {NEW}: 3 of 8 pods; wave 2 of 4; bake 5.0s left; not held (2 baking, 1 idle, 5 waiting)"
+        f"version {NEW}: 3 of 8 pods (2 baking, 1 idle, 5 waiting); wave 2 of 4; bake 5.0s left; not held"
     )
     assert text[0].startswith("reload-sidecar fleet: 8 pods (0 unreachable), stagger waves, bake 10s; read from")
 
@@ -136,6 +136,14 @@ def test_no_bake_left_once_the_wave_started_and_all_done_at_the_end() -> None:
     statuses[3] = status(VIEW.order[3], NEW, ((OLD, "healthy", 600), (NEW, "healthy", 1)), waves={NEW: wave_doc()})
     [line] = fleet_doc(read(*statuses))["versions"]
     assert (line["on"], line["wave"], line["bake_left_s"]) == (4, 2, None)
+    baked = mid_rollout()
+    for rank in (1, 2):
+        baked[rank] = status(
+            VIEW.order[rank], NEW, ((OLD, "healthy", 600), (NEW, "healthy", 12)), waves={NEW: wave_doc()}
+        )
+    doc = fleet_doc(read(*baked))
+    assert doc["versions"][0]["bake_left_s"] == 0.0
+    assert "; wave 2 of 4; baked; not held" in render(doc)[-1]  # the next wave is about to start
     done = [status(pod, NEW, ((OLD, "healthy", 600), (NEW, "healthy", 2)), waves={NEW: wave_doc()}) for pod in PODS]
     [line] = fleet_doc(read(*done))["versions"]  # every pod baking the last waves: still in flight
     assert (line["on"], line["wave"], line["waves"]) == (8, 4, 4)
@@ -178,8 +186,8 @@ def test_a_held_version_and_a_dead_pod() -> None:
         "state": "unreachable",
         "live": None,
         "version": None,
-        "wave": None,
-        "rank": None,
+        "wave": 2,  # where it stands in the order of the version in flight
+        "rank": 5,
     }
     assert {e["state"] for e in doc["pods"]} == {"rolled_back", "held", "unreachable"}
     assert doc["unreachable"] == 1
@@ -187,11 +195,12 @@ def test_a_held_version_and_a_dead_pod() -> None:
     assert line["held"] and line["on"] == 0 and line["of"] == 8
     assert line["why"] == f"rolled back on {canary} at verify: {few_words(why)}"
     text = render(doc)
-    assert f"version {NEW}: 0 of 8 pods; wave 0 of 4; HELD: rolled back on {canary} at verify: " in text[-1]
+    assert f"version {NEW}: 0 of 8 pods (6 held, 1 rolled_back); wave 0 of 4; HELD: rolled back on {canary}" in text[-1]
     [dead_row] = [t for t in text if t.startswith(dead)]
     assert dead_row.split()[1:3] == ["-", "unreachable"] and "no answer from 10.0.0.9:9533 in 1s" in dead_row
     [canary_row] = [t for t in text if t.startswith(canary)]
-    assert "20s ago: version" in canary_row and "…" in canary_row  # the error cut to a few words
+    # the error cut to a few words, the version hash in them to 8 characters (the JSON has it all)
+    assert f"20s ago: version {NEW[:8]} failed at verify: health" in canary_row and "…" in canary_row
 
 
 @pytest.mark.parametrize("stagger", ["random", "ordinal", "none"])
@@ -213,7 +222,7 @@ def test_without_waves_version_and_state_per_pod(stagger: str) -> None:
     [line] = doc["versions"]
     assert (line["on"], line["wave"], line["bake_left_s"], line["held"]) == (1, None, None, False)
     assert render(doc)[-1] == (
-        f"version {NEW}: 1 of 3 pods; refused on web-2 at validate: a.yaml:1:1: bad (1 idle, 1 refused, 1 waiting)"
+        f"version {NEW}: 1 of 3 pods (1 idle, 1 refused, 1 waiting); refused on web-2 at validate: a.yaml:1:1: bad"
     )
     assert render(doc)[0].startswith(f"reload-sidecar fleet: 3 pods (0 unreachable), stagger {stagger}; read from")
 
