@@ -374,21 +374,15 @@ def duration(seconds: float | None) -> str:
 
 def _row(e: Mapping[str, Any], timeout_s: float, several: bool) -> list[str]:
     """One pod's row; with several versions in flight, the state names the version it is about."""
+    where = ["-" if e[k] is None else str(e[k]) for k in ("wave", "rank")]
     if not e["reachable"]:
-        return [e["pod"], "-", "unreachable", "-", "-", "-", f"no answer from {e['address']} in {timeout_s:g}s"]
+        return [e["pod"], "-", "unreachable", *where, "-", f"no answer from {e['address']} in {timeout_s:g}s"]
     error = few_words(_short(e["last_error"])) if e["last_error"] else None
     if error is not None:
         error = f"{duration(e['last_error_s'])} ago: {error}"
     about = f" {e['version'][:8]}" if several and e["version"] and e["version"] != e["live"] else ""
-    return [
-        e["pod"],
-        e["live"] or "-",
-        e["state"] + about,
-        "-" if e["wave"] is None else str(e["wave"]),
-        "-" if e["rank"] is None else str(e["rank"]),
-        "-" if e["since_s"] is None else f"{duration(e['since_s'])} ago",
-        error or "-",
-    ]
+    since = "-" if e["since_s"] is None else f"{duration(e['since_s'])} ago"
+    return [e["pod"], e["live"] or "-", e["state"] + about, *where, since, error or "-"]
 
 
 def version_line(v: Mapping[str, Any]) -> str:

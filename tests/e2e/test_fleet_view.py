@@ -198,6 +198,7 @@ def test_rollout_in_waves_then_a_held_version_then_dead_pods(tmp_path: Path) -> 
         assert set(rows) == names and doc["unreachable"] == 2
         for gone in (dead, frozen):
             assert rows[gone.name]["state"] == "unreachable" and rows[gone.name]["address"] == f"{gone.ip}:9533"
+            assert rows[gone.name]["rank"] == wave_order(bad, names).index(gone.name)  # its place in the order
         assert all(r["reachable"] for name, r in rows.items() if name not in (dead.name, frozen.name))
         assert doc["versions"][0]["of"] == n
 
