@@ -32,6 +32,7 @@ __all__ = ["Answer", "FleetRead", "fleet_doc", "read_fleet", "render", "run_flee
 
 _PARALLEL = 128  # reads under way at once (a fleet of 1,000 pods is read in a few batches, never 1,000 sockets)
 _ERROR_CHARS = 48  # "last error in a few words"
+_WHY_CHARS = 64  # why a version is held, on its line
 _HASH = re.compile(r"\b([0-9a-f]{8})[0-9a-f]{8}\b")  # a version hash (snapshot.py: 16 hex digits)
 # Version states in a pod's /status `versions` that mean it has not gone with the version yet.
 _PENDING = ("validating", "waiting")
@@ -270,12 +271,12 @@ def order_of(version: str, pods: Sequence[str], statuses: Mapping[str, Mapping[s
 
 
 def _failed(version: str, statuses: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """Where `version` failed first (by pod name), at which stage and why, in a few words."""
+    """Where `version` failed first (by pod name), at which stage and why (the table cuts it to a few words)."""
     for pod, st in sorted(statuses.items(), key=lambda item: _natural(item[0])):
         for kind, what in (("quarantined", "rolled back on"), ("refused", "refused on")):
             why = (st.get(kind) or {}).get(version)
             if isinstance(why, dict):
-                return f"{what} {pod} at {why.get('stage')}: {few_words(why.get('reason'))}"
+                return f"{what} {pod} at {why.get('stage')}: {' '.join(str(why.get('reason')).split())}"
     return None
 
 
@@ -388,11 +389,12 @@ def _row(e: Mapping[str, Any], timeout_s: float, several: bool) -> list[str]:
 def version_line(v: Mapping[str, Any]) -> str:
     states = ", ".join(f"{n} {s}" for s, n in v["states"].items())
     parts = [f"{v['on']} of {v['of']} pods" + (f" ({states})" if states else "")]
-    if v["waves"] is not None:
+    if v["waves"] is not None and not v["held"]:  # a held version goes no further: its wave says nothing
         parts.append("all waves done" if v["wave"] >= v["waves"] else f"wave {v['wave']} of {v['waves']}")
-    if v["bake_left_s"] is not None:
+    if v["bake_left_s"] is not None and not v["held"]:
         parts.append(f"bake {duration(v['bake_left_s'])} left" if v["bake_left_s"] > 0 else "baked")
-    parts.append(f"HELD: {_short(v['why'])}" if v["held"] else (_short(v["why"]) if v["why"] else "not held"))
+    why = few_words(_short(v["why"]), _WHY_CHARS) if v["why"] else None
+    parts.append(f"HELD: {why}" if v["held"] else (why or "not held"))
     return f"version {v['version']}: {'; '.join(parts)}"
 
 

@@ -193,9 +193,10 @@ def test_a_held_version_and_a_dead_pod() -> None:
     assert doc["unreachable"] == 1
     [line] = doc["versions"]
     assert line["held"] and line["on"] == 0 and line["of"] == 8
-    assert line["why"] == f"rolled back on {canary} at verify: {few_words(why)}"
+    assert line["why"] == f"rolled back on {canary} at verify: {why}"  # whole; the table cuts it
     text = render(doc)
-    assert f"version {NEW}: 0 of 8 pods (6 held, 1 rolled_back); wave 0 of 4; HELD: rolled back on {canary}" in text[-1]
+    assert text[-1].startswith(f"version {NEW}: 0 of 8 pods (6 held, 1 rolled_back); HELD: rolled back on {canary} at")
+    assert text[-1].endswith("…") and len(text[-1]) < 160
     [dead_row] = [t for t in text if t.startswith(dead)]
     assert dead_row.split()[1:6] == ["-", "unreachable", "2", "5", "-"]
     assert dead_row.endswith("no answer from 10.0.0.9:9533 in 1s")
