@@ -14,7 +14,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,7 +30,7 @@ from .peers import Address, HttpTransport, Transport, _named_addresses
 from .settings import Settings
 from .stagger import WaveView, default_peer_timeout_s, wave_of
 
-__all__ = ["Answer", "FleetRead", "fleet_doc", "read_fleet", "render", "run_fleet"]
+__all__ = ["Answer", "DaemonResolving", "FleetRead", "fleet_doc", "read_fleet", "render", "run_fleet"]
 
 _PARALLEL = 128  # reads under way at once (a fleet of 1,000 pods is read in a few batches, never 1,000 sockets)
 _ERROR_CHARS = 48  # "last error in a few words"
@@ -105,6 +107,37 @@ async def read_fleet(
     statuses = await asyncio.gather(*(get(a, "/status") for a in others))
     answers = merge_answers(Answer(me, _where(own), own_status), zip(others, statuses, strict=True), named)
     return answers, [_where(peer) for peer, addresses in zip(peers, resolved, strict=True) if addresses is None]
+
+
+class DaemonResolving(HttpTransport):
+    """HTTP reads, and names resolved in daemon threads: a resolver that hangs past the timeout is given
+    up on and never holds up the command's exit (the event loop's executor threads are waited for)."""
+
+    async def resolve(self, host: str, port: int) -> list[Address]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Address]] = loop.create_future()
+
+        def settle(result: list[Address] | None, error: OSError | None) -> None:
+            if done.done():  # given up on meanwhile (cancelled by the timeout)
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result or [])
+
+        def work() -> None:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                answer: tuple[list[Address] | None, OSError | None] = ([(str(i[4][0]), port) for i in infos], None)
+            except OSError as e:
+                answer = (None, e)
+            try:
+                loop.call_soon_threadsafe(settle, *answer)
+            except RuntimeError:  # the loop is closed: the command is done without this answer
+                pass
+
+        threading.Thread(target=work, name=f"resolve-{host}", daemon=True).start()
+        return await done
 
 
 def merge_answers(
@@ -448,7 +481,7 @@ async def _fleet(settings: Settings, *, watch: bool, as_json: bool, interval_s: 
     tty = watch and not as_json and out.isatty()
     connector = aiohttp.TCPConnector(limit=_PARALLEL)
     async with aiohttp.ClientSession(connector=connector) as session:
-        transport = HttpTransport(session)
+        transport = DaemonResolving(session)
         first = True
         while True:
             doc = fleet_doc(await _look(settings, transport, timeout_s))

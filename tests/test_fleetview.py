@@ -1,19 +1,28 @@
-"""`reload-sidecar fleet`'s pure part: `/status` documents -> one entry per pod, one line per version in flight.
+"""`reload-sidecar fleet`: `/status` documents -> one entry per pod, one line per version in flight; the reader.
 
 The documents are the real `State.status()` of each pod (plus a waves document built on the real
 `WaveView`), each pod's clock reading a different time: the view must only compare a pod's times with
-its own `now`. tests/e2e/test_fleet_view.py reads real sidecars in pods of their own.
+its own `now`. The reader is run against the sidecar's real HTTP API (`server.make_app`) on loopback, a
+closed port and a socket that never answers. tests/e2e/test_fleet_view.py reads real sidecars in pods
+of their own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sidecar.fleetview import (
     Answer,
+    DaemonResolving,
     FleetRead,
     duration,
     few_words,
@@ -23,8 +32,11 @@ from sidecar.fleetview import (
     newest_version,
     order_of,
     pod_state,
+    read_fleet,
     render,
 )
+from sidecar.metrics import Metrics
+from sidecar.server import Api, make_app, start_server
 from sidecar.stagger import WaveView, wave_of
 from sidecar.state import Refusal, State
 
@@ -330,3 +342,89 @@ def test_two_versions_in_flight_each_pod_says_which_one_it_is_about() -> None:
     assert row.split()[1:3] == [OLD, "validating"] and row.split()[3] == newer[:8]
     [waiting] = [t for t in text if t.startswith(VIEW.order[3])]
     assert waiting.split()[2:4] == ["waiting", NEW[:8]]
+
+
+@contextlib.asynccontextmanager
+async def sidecar_api(pod: str, peers: dict[str, list[Any]] | None = None) -> AsyncIterator[int]:
+    """The sidecar's real HTTP API for a pod named `pod` on 127.0.0.1 (any port), `/peers` serving `peers`."""
+    state = State(pod=pod, phase="idle", current=OLD, last_good=OLD, ready=True)
+    state.mark(OLD, "healthy")
+    doc = {"pod": pod, "peers": peers or {}}
+    runner, port = await start_server(make_app(Api(state, Metrics(), lambda: True, peers=lambda: doc)), "127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def silent() -> AsyncIterator[int]:
+    """A port that accepts connections and never answers (a frozen process)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def keep(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(keep, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(20)  # hang protection: a read or a resolution not bounded
+async def test_reader_names_pods_by_status_then_by_peers_and_bounds_every_read() -> None:
+    """This pod, a peer answering, a peer named by /peers that refuses connections, one that never answers
+    and an address nobody named: every one a row; the silent one costs one timeout, not a hang."""
+    dead, frozen_name = closed_port(), "web-3"
+    async with silent() as frozen, sidecar_api("web-1") as one:
+        peers = {"web-0": ["127.0.0.1", 0], "web-1": ["127.0.0.1", one], "web-2": ["127.0.0.1", dead]}
+        peers[frozen_name] = ["127.0.0.1", frozen]
+        async with sidecar_api("web-0", peers) as own, aiohttp.ClientSession() as session:
+            stray = closed_port()
+            listed = [("127.0.0.1", one), ("127.0.0.1", own), ("127.0.0.1", stray), ("nosuch.invalid", 9533)]
+            started = time.monotonic()
+            answers, unresolved = await read_fleet(DaemonResolving(session), ("127.0.0.1", own), listed, "?", 0.5)
+            took = time.monotonic() - started
+    assert answers[0].pod == "web-0"  # this pod first; the answer names it: "?" (RELOAD_POD_NAME) is not used
+    assert sorted((a.pod, a.address, a.status is not None) for a in answers) == [
+        (f"127.0.0.1:{stray}", f"127.0.0.1:{stray}", False),
+        ("web-0", f"127.0.0.1:{own}", True),
+        ("web-1", f"127.0.0.1:{one}", True),
+        ("web-2", f"127.0.0.1:{dead}", False),
+        (frozen_name, f"127.0.0.1:{frozen}", False),
+    ]
+    assert unresolved == ["nosuch.invalid:9533"]
+    assert took < 30, "hang protection only: one timeout for the silent pod is the expected cost"
+
+
+@pytest.mark.timeout(20)  # hang protection: a read or a resolution not bounded
+async def test_a_resolver_that_never_answers_costs_one_timeout() -> None:
+    """RELOAD_PEERS that does not resolve in time is reported and skipped; this pod is still shown."""
+
+    class Stuck(DaemonResolving):
+        async def resolve(self, host: str, port: int) -> list[tuple[str, int]]:
+            await asyncio.Event().wait()
+            raise AssertionError("never")
+
+    async with sidecar_api("web-0") as own, aiohttp.ClientSession() as session:
+        answers, unresolved = await read_fleet(Stuck(session), ("127.0.0.1", own), [("web.ns.svc", 9533)], "web-0", 0.3)
+    assert [(a.pod, a.status is not None) for a in answers] == [("web-0", True)]
+    assert unresolved == ["web.ns.svc:9533"]
+
+
+@pytest.mark.timeout(20)  # hang protection: a read or a resolution not bounded
+async def test_names_resolve_in_daemon_threads() -> None:
+    async with aiohttp.ClientSession() as session:
+        assert ("127.0.0.1", 9533) in await DaemonResolving(session).resolve("localhost", 9533)
+        with pytest.raises(OSError):
+            await DaemonResolving(session).resolve("nosuch.invalid", 9533)
