@@ -436,29 +436,34 @@ def _short(text: str) -> str:
     return _HASH.sub(r"\1", text)
 
 
-def render(doc: Mapping[str, Any]) -> list[str]:
-    """The table and the version lines, as printed."""
+def render(doc: Mapping[str, Any], height: int | None = None) -> list[str]:
+    """The table and the version lines, as printed; at most `height` lines (a terminal's): the last pods'
+    rows give way first, so the version lines always show."""
     head = ["POD", "LIVE", "STATE", "WAVE", "RANK", "SINCE", "LAST ERROR"]
     rows = [head] + [_row(e, doc["timeout_s"], len(doc["versions"]) > 1) for e in doc["pods"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
     stagger = doc["stagger"] + (f", bake {doc['bake_s']:g}s" if doc["bake_s"] is not None else "")
-    lines = [
+    top = [
         f"reload-sidecar fleet: {len(doc['pods'])} pods ({doc['unreachable']} unreachable), stagger {stagger}; "
         f"read from {doc['read_from']} at {doc['read_at'][11:19]} UTC",
         "",
-        *("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip() for r in rows),
-        "",
     ]
+    table = ["  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip() for r in rows]
+    bottom = [""]
     if doc["unresolved"]:
-        lines.append(f"RELOAD_PEERS: {', '.join(doc['unresolved'])} did not resolve in {doc['timeout_s']:g}s")
-    lives = {e["live"] for e in doc["pods"] if e["reachable"]}
+        bottom.append(f"RELOAD_PEERS: {', '.join(doc['unresolved'])} did not resolve in {doc['timeout_s']:g}s")
+    lives = {e["live"] for e in doc["pods"] if e["reachable"] and e["live"]}
     if doc["versions"]:
-        lines += [version_line(v) for v in doc["versions"]]
+        bottom += [version_line(v) for v in doc["versions"]]
     elif len(lives) == 1:
-        lines.append(f"no version in flight: every pod that answered is on {lives.pop()}")
+        bottom.append(f"no version in flight: every pod that answered is on {lives.pop()}")
     else:
-        lines.append("no version in flight")
-    return lines
+        bottom.append("no version in flight")
+    room = len(table) if height is None else height - len(top) - len(bottom)
+    if len(table) > room:
+        keep = max(2, room - 1)  # the column heads and one pod at least, then the line saying what is cut
+        table = [*table[:keep], f"... {len(table) - keep} more pods (a taller terminal, or --json, shows them)"]
+    return top + table + bottom
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -472,8 +477,8 @@ async def _look(settings: Settings, transport: Transport, timeout_s: float) -> F
     )
 
 
-def _frame(doc: Mapping[str, Any], as_json: bool) -> str:
-    return json.dumps(doc, sort_keys=True) if as_json else "\n".join(render(doc))
+def _frame(doc: Mapping[str, Any], as_json: bool, height: int | None = None) -> str:
+    return json.dumps(doc, sort_keys=True) if as_json else "\n".join(render(doc, height))
 
 
 async def _fleet(settings: Settings, *, watch: bool, as_json: bool, interval_s: float, out: TextIO) -> int:
@@ -485,13 +490,13 @@ async def _fleet(settings: Settings, *, watch: bool, as_json: bool, interval_s: 
         first = True
         while True:
             doc = fleet_doc(await _look(settings, transport, timeout_s))
-            text = _frame(doc, as_json)
-            if tty:
-                width = shutil.get_terminal_size().columns
+            if tty:  # drawn over the last frame: cursor home, each line cut to the width and cleared after
+                width, height = shutil.get_terminal_size()
+                lines = _frame(doc, as_json, height - 1).splitlines()
                 home = "\x1b[2J\x1b[H" if first else "\x1b[H"
-                out.write(home + "".join(line[:width] + "\x1b[K\n" for line in text.splitlines()) + "\x1b[J")
+                out.write(home + "".join(line[:width] + "\x1b[K\n" for line in lines) + "\x1b[J")
             else:
-                out.write(text + ("\n\n" if watch and not as_json else "\n"))
+                out.write(_frame(doc, as_json) + ("\n\n" if watch and not as_json else "\n"))
             out.flush()
             if not watch:
                 return 0

@@ -428,3 +428,15 @@ async def test_names_resolve_in_daemon_threads() -> None:
         assert ("127.0.0.1", 9533) in await DaemonResolving(session).resolve("localhost", 9533)
         with pytest.raises(OSError):
             await DaemonResolving(session).resolve("nosuch.invalid", 9533)
+
+
+def test_a_short_terminal_cuts_the_last_rows_never_the_version_lines() -> None:
+    doc = fleet_doc(read(*mid_rollout()))
+    full = render(doc)
+    assert len(full) == 2 + 9 + 2  # header, blank; column heads and 8 rows; blank, the version line
+    assert render(doc, height=len(full)) == full
+    short = render(doc, height=10)
+    assert len(short) == 10
+    assert short[2:7] == full[2:7]  # the column heads and the first rows, in rollout order
+    assert short[7] == "... 4 more pods (a taller terminal, or --json, shows them)"
+    assert short[-1] == full[-1] and short[-1].startswith(f"version {NEW}: 3 of 8 pods")
