@@ -1,4 +1,4 @@
-"""`reload-sidecar run | once | validate DIR | webhook | demo`."""
+"""`reload-sidecar run | once | validate DIR | webhook | demo | fleet`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ _COMMANDS = {
     "validate": "run the configured validators on DIR; exit 1 listing the problems",
     "webhook": "HTTPS ValidatingWebhook: check ConfigMaps annotated reload-sidecar/profile (RELOAD_WEBHOOK_*)",
     "demo": "a self-contained demo: volume, sidecar and a tiny app, in a temp dir",
+    "fleet": "every pod at a glance (version, state, wave, last error) and each version in flight: reads /status "
+    "and /peers of this pod's sidecar (RELOAD_LISTEN), then each peer's /status (RELOAD_PEERS)",
 }
 
 
@@ -69,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     d = parsers["demo"]
     d.add_argument("--port", type=int, help="the sidecar's HTTP port (default: 9533 if free, else any free port)")
     d.add_argument("--no-wait", action="store_true", help="exit after the scripted steps instead of waiting")
+    f = parsers["fleet"]
+    f.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
+    f.add_argument("--json", action="store_true", help="print the same as one JSON document (a line each with --watch)")
+    f.add_argument("--interval", type=float, default=1.0, help="seconds between two looks with --watch (default 1)")
     return ap
 
 
@@ -153,6 +159,10 @@ def _command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from .reloader import Reloader
 
         return 0 if asyncio.run(Reloader.once(settings)) else 1
+    if args.command == "fleet":
+        from .fleetview import run_fleet
+
+        return run_fleet(settings, watch=args.watch, as_json=args.json, interval_s=max(0.1, args.interval))
     if args.command == "webhook":
         from .webhook import load_webhook, run_webhook
 

@@ -441,6 +441,15 @@ COMMAND_VARS: Mapping[str, tuple[str, ...]] = {
     "validate": (*_CHECK_VARS, *_LOG_VARS),
     "webhook": (*_WEBHOOK_ONLY, "RELOAD_MAX_FILE_BYTES", "RELOAD_MAX_TOTAL_BYTES", *_LOG_VARS),
     "demo": (),
+    "fleet": (
+        "RELOAD_LISTEN",
+        "RELOAD_PEERS",
+        "RELOAD_POD_NAME",
+        "RELOAD_STAGGER",
+        "RELOAD_BAKE_S",
+        "RELOAD_PEER_TIMEOUT_S",
+        *_LOG_VARS,
+    ),
 }
 
 # Filled in at run time, not in `Settings`: name -> the default as docs/reference.md writes it.

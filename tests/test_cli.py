@@ -332,7 +332,7 @@ def _help_table(text: str) -> dict[str, str]:
     return rows
 
 
-@pytest.mark.parametrize("command", ["run", "once", "validate", "webhook"])
+@pytest.mark.parametrize("command", ["run", "once", "validate", "webhook", "fleet"])
 def test_help_lists_the_variables_of_the_command(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`<command> --help` lists exactly the variables it reads, with Settings' defaults (as docs/reference.md)."""
     with pytest.raises(SystemExit) as exc:
