@@ -327,8 +327,8 @@ def _sync_top_links(target: Path, top_level: set[str]) -> None:
             del entries[name]
     _check_top_links(target, top_level, entries)
     for name in top_level:
-        entry = entries.get(name)  # present means a symlink (checked above)
-        if entry is None or os.readlink(entry.path) != f"{DATA}/{name}":
+        link = entries.get(name)  # present means a symlink (checked above)
+        if link is None or os.readlink(link.path) != f"{DATA}/{name}":
             _swap(target, f"{DATA}/{name}", name)
 
 
