@@ -35,7 +35,7 @@ from .settings import Settings
 from .snapshot import Snapshot, SourceError, read_configured
 from .state import State, load_state, save_state, state_doc, write_state
 from .target import Target, blocking
-from .trigger import Trigger, TriggerError
+from .trigger import NotSignalled, Trigger, TriggerError
 from .validate import Checks, validate
 from .watch import changes
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the stages that need aiohttp are imported when a Reloader i
 __all__ = ["Reloader"]
 
 log = structlog.get_logger("reloader")
+NOT_SIGNALLED = "not signalled"  # the stage of a failure to find or check the app: nothing reached it
 Verifier = Callable[["aiohttp.ClientSession", "HealthCheck"], Awaitable["Outcome"]]
 
 
@@ -244,6 +245,7 @@ class Reloader:
             log.error("source_unreadable", error=str(e))
             return
         v = snap.version
+        state.undefer(unless=v)  # the source moved on from a deferred version
         known_bad = v in state.quarantined or v in state.refused or v in state.held
         if v in state.quarantined:  # the source's version is one whose reload failed (also after a restart)
             self.metrics.last_successful.set(0)
@@ -320,6 +322,7 @@ class Reloader:
 
     async def _apply(self, snap: Snapshot, p: _Pass, first: bool) -> None:
         state = self.state
+        previous, previous_files = state.current, state.files  # what the app runs until it is signalled
         state.phase = "promoting"
         t = time.perf_counter()
         try:
@@ -346,10 +349,15 @@ class Reloader:
                 return
             # No state write here: a restart reads the live version from ..data and re-verifies it.
             problem = await self._reload_and_verify()
+            if problem is None or problem[0] != NOT_SIGNALLED:
+                state.undefer()
             if problem is None:
                 await self._commit(p, "reloaded")
                 return
             stage, reason = problem
+            if stage == NOT_SIGNALLED and previous is not None:
+                await self._put_back(p.version, previous, previous_files, reason)
+                return
         except Exception as e:
             if p.committed:  # it is verified and stays
                 log.exception("commit_incomplete", error=str(e))
@@ -401,6 +409,9 @@ class Reloader:
         t = time.perf_counter()
         try:
             evidence = await self.trigger.fire()
+        except NotSignalled as e:
+            log.error("reload_failed", method=self.trigger.method, error=str(e), signalled=False)
+            return NOT_SIGNALLED, str(e)
         except TriggerError as e:
             log.error("reload_failed", method=self.trigger.method, error=str(e))
             return "reload", str(e)
@@ -427,6 +438,29 @@ class Reloader:
             duration_ms=_ms(time.perf_counter() - t),
         )
         return None if outcome.ok else ("verify", outcome.reason)
+
+    async def _put_back(self, v: str, previous: str, files: dict[str, dict[str, object]], reason: str) -> None:
+        """Nothing reached the app (its process could not be found or checked): it still runs `previous`.
+        Not `v`'s fault: `..data` goes back to `previous` without a quarantine or a signal, and the next
+        pass (the next resync) tries `v` again."""
+        state = self.state
+        state.phase = "rolling_back"
+        try:
+            async with self.target.lock:
+                await asyncio.to_thread(self.target.make_live, previous)
+        except Exception as e:  # ..data may still show `v`, which the app was never told about
+            self._degrade(f"version {v} was not signalled and putting {previous} back failed: {e}"[:500])
+            log.error("put_back_failed", to=previous, error=str(e))
+            return
+        state.current, state.files = previous, files
+        self.metrics.set_version(previous)
+        self.metrics.reloads.labels("failed").inc()
+        self.metrics.last_successful.set(0)
+        state.defer(v, reason)
+        state.error(
+            f"version {v} not applied: {reason}; nothing was signalled, {previous} put back; retried at the next resync"
+        )
+        log.warning("reload_deferred", to=previous, attempts=state.deferred["attempts"] if state.deferred else 1)
 
     async def _commit(self, p: _Pass, how: str, first: bool = False) -> None:
         state = self.state

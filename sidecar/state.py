@@ -81,6 +81,9 @@ class State:
     ready_reason: str = "no version promoted yet"
     # The restart trigger's last restart of the app: old and new pid, signal, outcome, times (no contents).
     restart: dict[str, Any] | None = None
+    # A version promoted but put back because the app's process could not be found or checked (nothing
+    # was signalled): retried at each pass until it goes through or the source moves on.
+    deferred: dict[str, Any] | None = None
 
     def refuse(self, version: str, reason: str, stage: str) -> None:
         _put(self.refused, version, Refusal(reason, stage), _KEEP_REFUSED)
@@ -91,6 +94,23 @@ class State:
         """Never promote `version` again (while it is among the newest 50 quarantined)."""
         _put(self.quarantined, version, Refusal(reason[:_MAX_REASON], stage), _KEEP_QUARANTINED)
         self.mark(version, "failed")
+
+    def defer(self, version: str, reason: str) -> None:
+        attempts = self.deferred["attempts"] + 1 if self.deferred and self.deferred["version"] == version else 1
+        since = self.deferred["since"] if self.deferred and attempts > 1 else time.time()
+        self.deferred = {
+            "version": version,
+            "reason": reason[:_MAX_REASON],
+            "since": since,
+            "at": time.time(),
+            "attempts": attempts,
+        }
+        self.mark(version, "deferred")
+
+    def undefer(self, unless: str | None = None) -> None:
+        """Forget the deferred version (unless it is `unless`)."""
+        if self.deferred is not None and self.deferred["version"] != unless:
+            self.deferred = None
 
     def hold(self, version: str) -> None:
         _put(self.held, version, time.time(), _KEEP_HELD)
@@ -122,6 +142,7 @@ class State:
             "last_change_at": self.last_change_at,
             "started_at": self.started_at,
             "restart": self.restart,
+            "deferred": self.deferred,
             # peers compare `versions[...].since` with this, so clocks need not agree across pods
             "now": time.time(),
         }

@@ -28,6 +28,7 @@ from sidecar.trigger import (
     PID_MAX,
     HttpTrigger,
     NoTrigger,
+    NotSignalled,
     RestartTrigger,
     SignalTrigger,
     TriggerError,
@@ -347,15 +348,16 @@ def test_find_process_unknown_name_is_none() -> None:
 
 
 async def test_unknown_process_name_is_a_clear_error() -> None:
-    """Signalling a process name that is not running says to check the app and shareProcessNamespace."""
-    with pytest.raises(TriggerError, match="shareProcessNamespace: true"):
+    """Signalling a process name that is not running says to check the app and shareProcessNamespace; nothing
+    was signalled (`NotSignalled`: the reloader retries instead of blaming the version)."""
+    with pytest.raises(NotSignalled, match="shareProcessNamespace: true"):
         await SignalTrigger(signal.SIGHUP, process=f"ghost-{secrets.token_hex(4)}").fire()
 
 
 async def test_missing_pidfile(tmp_path: Path) -> None:
     """A missing pidfile gives a TriggerError naming the file and asking whether the app runs."""
     path = tmp_path / "nope.pid"
-    with pytest.raises(TriggerError) as exc:
+    with pytest.raises(NotSignalled) as exc:
         await SignalTrigger(signal.SIGHUP, pidfile=path).fire()
     assert str(exc.value) == f"cannot read pidfile {path}: No such file or directory; is the app running?"
 
@@ -365,7 +367,7 @@ async def test_garbage_pidfile(tmp_path: Path, content: str) -> None:
     """A pidfile that does not hold one pid gives a TriggerError quoting what it holds."""
     path = tmp_path / "app.pid"
     path.write_text(content)
-    with pytest.raises(TriggerError) as exc:
+    with pytest.raises(NotSignalled) as exc:
         await SignalTrigger(signal.SIGHUP, pidfile=path).fire()
     assert str(exc.value) == f"pidfile {path} holds {content.strip()!r}, not the app's pid"
 
