@@ -456,11 +456,11 @@ class Reloader:
         self.metrics.set_version(previous)
         self.metrics.reloads.labels("failed").inc()
         self.metrics.last_successful.set(0)
-        state.defer(v, reason)
+        attempts = state.defer(v, reason)
         state.error(
             f"version {v} not applied: {reason}; nothing was signalled, {previous} put back; retried at the next resync"
         )
-        log.warning("reload_deferred", to=previous, attempts=state.deferred["attempts"] if state.deferred else 1)
+        log.warning("reload_deferred", to=previous, attempts=attempts)
 
     async def _commit(self, p: _Pass, how: str, first: bool = False) -> None:
         state = self.state

@@ -95,7 +95,8 @@ class State:
         _put(self.quarantined, version, Refusal(reason[:_MAX_REASON], stage), _KEEP_QUARANTINED)
         self.mark(version, "failed")
 
-    def defer(self, version: str, reason: str) -> None:
+    def defer(self, version: str, reason: str) -> int:
+        """`version` was put back, nothing signalled: retried at each pass. Returns its attempts so far."""
         attempts = self.deferred["attempts"] + 1 if self.deferred and self.deferred["version"] == version else 1
         since = self.deferred["since"] if self.deferred and attempts > 1 else time.time()
         self.deferred = {
@@ -106,6 +107,7 @@ class State:
             "attempts": attempts,
         }
         self.mark(version, "deferred")
+        return attempts
 
     def undefer(self, unless: str | None = None) -> None:
         """Forget the deferred version (unless it is `unless`)."""
