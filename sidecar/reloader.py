@@ -96,6 +96,8 @@ class Reloader:
         # Promotion with room made, rollback activation, repair, pruning; holds the last good version's files.
         self.target = Target(settings, state, metrics)
         self._state_lock = asyncio.Lock()  # one state write at a time, in order
+        self._restart_on_record: dict[str, object] | None = None  # `state.restart` as the state file has it
+        self._source_version: str | None = None  # what the source showed at the previous pass
         self._background: set[asyncio.Task[object]] = set()  # state writes and pruning after a commit
 
     @staticmethod
@@ -154,6 +156,7 @@ class Reloader:
         problem = load_state(target, self.state)
         if problem:
             log.warning("state_file_unusable", problem=problem)
+        self._restart_on_record = self.state.restart
         self.state.current = _promote.current_version(target)
         if self.state.last_good and not _promote.version_dir(target, self.state.last_good).is_dir():
             self.state.last_good = None
@@ -223,6 +226,8 @@ class Reloader:
                 self._degrade(f"internal error while version {live} (not verified) is live: {e}"[:500])
         finally:
             structlog.contextvars.clear_contextvars()
+            if self.state.restart is not self._restart_on_record:  # the restart trigger restarted the app
+                self._in_background(self._persist(), "state-write")  # /status shows it after our restart too
             if self.state.phase not in ("degraded", "held"):  # idle once the background work is done too
                 self.state.phase = "recording" if self._background else "idle"
 
@@ -246,6 +251,7 @@ class Reloader:
             return
         v = snap.version
         state.undefer(unless=v)  # the source moved on from a deferred version
+        returned, self._source_version = v != self._source_version, v
         known_bad = v in state.quarantined or v in state.refused or v in state.held
         if v in state.quarantined:  # the source's version is one whose reload failed (also after a restart)
             self.metrics.last_successful.set(0)
@@ -253,7 +259,7 @@ class Reloader:
             return
         if known_bad or (v == state.current and v == state.last_good):
             if known_bad:
-                log.debug("skipped_known_bad", version=v)
+                self._skipped(v, returned)
             await self._recheck_degraded()
             return
         structlog.contextvars.bind_contextvars(version=v)
@@ -270,6 +276,19 @@ class Reloader:
         if not first and not await self._gate(v):
             return
         await self._apply(snap, _Pass(started, snap), first)
+
+    def _skipped(self, v: str, returned: bool) -> None:
+        """The source shows a version known bad: skipped. Said once each time the source comes to it (a
+        user going back to content refused earlier), with why; at each resync after that only at debug."""
+        if not returned:
+            log.debug("skipped_known_bad", version=v)
+            return
+        state = self.state
+        was = "quarantined" if v in state.quarantined else "refused" if v in state.refused else "held"
+        why = state.quarantined.get(v) or state.refused.get(v)
+        reason = f" at {why.stage}: {why.reason}" if why else " by the fleet (a peer reported it failed)"
+        state.error(f"version {v} was {was} earlier{reason}; skipped until the content changes"[:1000])
+        log.warning("skipped_known_bad", version=v, was=was, stage=why.stage if why else "fleet")
 
     async def _validated(self, snap: Snapshot) -> bool:
         """Validate `snap`; a refusal is remembered by hash, a check that could not run is not."""
@@ -467,12 +486,14 @@ class Reloader:
         state.last_good, p.committed = p.version, True
         self._good_files, self.target.good = state.files, p.snap
         state.last_reload_at = time.time()
+        state.last_error = state.last_error_at = None  # what went wrong before is history now (quarantined, logs)
         state.mark(p.version, "healthy")
-        self.metrics.reloads.labels("success").inc()
-        self.metrics.last_success.set(time.time())
         self.metrics.last_successful.set(1)
         duration = time.perf_counter() - p.started
-        self.metrics.duration.observe(duration)
+        if not first:  # the start-up promotion reloaded nothing: not a reload, not a reload's duration
+            self.metrics.reloads.labels("success").inc()
+            self.metrics.last_success.set(time.time())
+            self.metrics.duration.observe(duration)
         if first and not await self._persist():
             # The app starts on the first version once /readyz says so: not before it is on record, or a
             # restart would take it for an unverified version and reload an app that never started.
@@ -514,14 +535,16 @@ class Reloader:
             self._in_background(self._persist(), "state-write")  # if it fails too, the next pass retries
             return False
         async with self._state_lock:
+            doc = state_doc(self.state)
             try:
-                await asyncio.to_thread(write_state, self.s.target_dir, state_doc(self.state))
+                await asyncio.to_thread(write_state, self.s.target_dir, doc)
             except Exception as e:
                 self._dirty = True
                 self.metrics.state_write_failures.inc()
                 self.state.error(f"state file not written ({e}); retried at the next commit or resync")
                 log.error("state_write_failed", error=str(e))
                 return False
+            self._restart_on_record = doc["restart"]
             if self._dirty:
                 self._dirty = False
                 log.info("state_written", after="an earlier failed write")

@@ -159,7 +159,8 @@ def _put(d: dict[str, T], key: str, value: T, keep: int) -> None:
 
 
 def save_state(target: Path, state: State) -> None:
-    """Persist what must survive a restart: last good and quarantine (atomic: temp file + rename).
+    """Persist what must survive a restart: last good, quarantine, the restart trigger's last restart
+    (atomic: temp file + rename).
 
     The live version is not stored: `..data` says it, and a restart re-verifies it unless it is last good.
     """
@@ -172,6 +173,7 @@ def state_doc(state: State) -> dict[str, Any]:
     return {
         "last_good": state.last_good,
         "quarantined": {v: asdict(r) for v, r in state.quarantined.items()},
+        "restart": state.restart,
     }
 
 
@@ -197,12 +199,14 @@ def load_state(target: Path, state: State) -> str | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         quarantined = {v: Refusal(**r) for v, r in doc.get("quarantined", {}).items()}
-        last_good = doc.get("last_good")
+        last_good, restart = doc.get("last_good"), doc.get("restart")
         if last_good is not None and not isinstance(last_good, str):
             raise TypeError("last_good is not a version hash")
+        if not isinstance(restart, dict):  # what /status shows, nothing decided on: not worth the file
+            restart = None
         # Oldest first, the newest 50: a file written before the bound existed shrinks on the next commit.
         newest = sorted(quarantined.items(), key=lambda item: float(item[1].at))[-_KEEP_QUARANTINED:]
-        state.last_good, state.quarantined = last_good, dict(newest)
+        state.last_good, state.quarantined, state.restart = last_good, dict(newest), restart
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, AttributeError) as e:

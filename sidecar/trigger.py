@@ -12,6 +12,7 @@ import re
 import signal
 import stat
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,13 @@ class HttpTrigger:
         hint = ""
         if any(s.startswith(("HTTP 403", "HTTP 404", "HTTP 405")) for s in seen):
             hint = " (is the reload endpoint enabled? e.g. Prometheus needs --web.enable-lifecycle)"
-        raise TriggerError(f"{self.verb} {self.url} failed after {len(seen)} attempt(s): {'; '.join(seen)}{hint}")
+        raise TriggerError(f"{self.verb} {self.url} failed after {len(seen)} attempt(s): {_summary(seen)}{hint}")
+
+
+def _summary(seen: list[str]) -> str:
+    """The attempts in order, each different answer once, a repeated one with its count (`HTTP 500 'x' x4`),
+    as the health check's evidence is: one concise reason however many retries."""
+    return "; ".join(what if n == 1 else f"{what} x{n}" for what, n in Counter(seen).items())
 
 
 # The kernel's PID_MAX_LIMIT on 64-bit: no pid is larger, whatever kernel.pid_max says.
