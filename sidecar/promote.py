@@ -175,11 +175,14 @@ def check_space(target: Path, snapshot: Snapshot, linked: Set[str] = frozenset()
 
 
 def activate(target: Path, version: str) -> None:
-    """Point `..data` back at a version still on disk (rollback); raises `PromoteError` if it is gone."""
+    """Point `..data` back at a version still on disk (rollback, repair); raises `PromoteError` if it is
+    gone. Whatever stands in the way of its layout is cleared first (`_clear`)."""
     vdir = version_dir(target, version)
     try:
+        if not stat.S_ISDIR(os.lstat(vdir).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, f"{vdir.name} is not a directory")
         names = {entry.name for entry in os.scandir(vdir)}
-        _check_top_links(target, names)
+        _clear(target, None, names)
         _swap(target, f"{_PREFIX}{version}", DATA)
         _sync_top_links(target, names)
         fsync_dir(target)
@@ -312,7 +315,11 @@ def _top_entries(target: Path) -> dict[str, os.DirEntry[str]]:
 
 
 def _sync_top_links(target: Path, top_level: set[str]) -> None:
-    """Create `name -> ..data/name` for each top-level name; drop our links for names that are gone."""
+    """Make `name -> ..data/name` for each top-level name; drop our links for names that are gone.
+
+    A link of one of the version's names that points anywhere else (`app.conf -> /etc/passwd`) is
+    pointed back: the app reads that name, so whatever it points at is what the app gets.
+    """
     entries = _top_entries(target)
     for name, entry in list(entries.items()):
         if name not in top_level and entry.is_symlink() and os.readlink(entry.path).startswith(f"{DATA}/"):
@@ -320,7 +327,8 @@ def _sync_top_links(target: Path, top_level: set[str]) -> None:
             del entries[name]
     _check_top_links(target, top_level, entries)
     for name in top_level:
-        if name not in entries:  # present means a symlink (checked above): ours, or someone's we leave alone
+        link = entries.get(name)  # present means a symlink (checked above)
+        if link is None or os.readlink(link.path) != f"{DATA}/{name}":
             _swap(target, f"{DATA}/{name}", name)
 
 
@@ -370,15 +378,49 @@ def restore(snapshot: Snapshot, target: Path) -> None:
     """Make `snapshot` live again after the target was damaged; raises `PromoteError`.
 
     A version dir missing any of its top-level entries is replaced by a fresh copy; an intact one is
-    reused, so a deleted `..data` or link costs a symlink, not a rewrite.
+    reused, so a deleted `..data` or link costs a symlink, not a rewrite. Whatever stands in the way of
+    the version's layout is cleared first (`_clear`).
     """
     vdir = version_dir(target, snapshot.version)
+    names = top_level(snapshot)
     try:
-        if vdir.is_dir() and not all(os.path.lexists(vdir / name) for name in top_level(snapshot)):
+        _clear(target, snapshot.version, names)
+        if vdir.is_dir() and not all(os.path.lexists(vdir / name) for name in names):
             _remove(target, snapshot.version)
     except OSError as e:
-        raise PromoteError(f"cannot replace the damaged {vdir.name}: {e}") from e
+        raise PromoteError(f"cannot clear the damage in {target}: {e}") from e
     promote(snapshot, target)
+
+
+def _clear(target: Path, version: str | None, names: Iterable[str]) -> None:
+    """Delete what stands where a version being put back needs its own entries: `..data` or one of its
+    top-level names that is not a symlink, its version dir (with `version`) that is not a directory.
+
+    Only for putting back a version that was live (a rollback, a repair): the sidecar made every one of
+    those entries when it promoted it, so anything else there is damage, never someone's data. A new
+    version's promotion does not clear (`_check_top_links` refuses instead).
+    """
+    doomed = [target / DATA, *(target / name for name in names)]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISLNK(os.lstat(path).st_mode):
+                _delete(target, path)
+    if version is not None:
+        vdir = version_dir(target, version)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISDIR(os.lstat(vdir).st_mode):
+                os.unlink(vdir)
+
+
+def _delete(target: Path, path: Path) -> None:
+    """Delete a file or a whole dir; a dir is renamed to a `..del-*` leftover first, so a crash midway
+    leaves nothing half-deleted under the name."""
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        os.unlink(path)
+        return
+    doomed = target / f"..del-{secrets.token_hex(4)}"
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def discard(target: Path, version: str) -> bool:

@@ -14,7 +14,7 @@ in the way: a failed write is logged and counted, and retried at the next commit
 
 After a commit (but the first), the state write and the pruning of old versions run in the background:
 the next version's pass does not wait for them. Writes are serialized and each writes the state as it
-is when its turn comes; pruning never runs during a promotion (`_target_lock`); the phase is
+is when its turn comes; pruning never runs during a promotion (`Target.lock`); the phase is
 "recording" rather than "idle" until they are done; at shutdown they get a few seconds to finish (`drain`).
 """
 
@@ -26,7 +26,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -34,7 +34,8 @@ from . import promote as _promote
 from .settings import Settings
 from .snapshot import Snapshot, SourceError, read_configured
 from .state import State, load_state, save_state, state_doc, write_state
-from .trigger import Trigger, TriggerError
+from .target import Target, blocking
+from .trigger import NotSignalled, Trigger, TriggerError
 from .validate import Checks, validate
 from .watch import changes
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # the stages that need aiohttp are imported when a Reloader i
 __all__ = ["Reloader"]
 
 log = structlog.get_logger("reloader")
-T = TypeVar("T")
+NOT_SIGNALLED = "not signalled"  # the stage of a failure to find or check the app: nothing reached it
 Verifier = Callable[["aiohttp.ClientSession", "HealthCheck"], Awaitable["Outcome"]]
 
 
@@ -90,15 +91,13 @@ class Reloader:
         # waits for /readyz) and reads the files itself, so the next promotion has nobody to signal.
         self._unstarted = True
         self._dirty = False  # the state file lags behind memory (a write failed): retried at each pass
-        self._damaged = False  # degraded because the target was damaged and could not be repaired
         self._unrecorded = False  # degraded because the first version's commit could not be written
         self._good_files: dict[str, dict[str, object]] = {}  # `state.files` of the last good version
-        # The last good version's files (at most RELOAD_MAX_TOTAL_BYTES): a rollback or a repair can rebuild
-        # it even if its dir was deleted and the source has moved on. None after a restart until the source
-        # shows it again.
-        self._good_snap: Snapshot | None = None
+        # Promotion with room made, rollback activation, repair, pruning; holds the last good version's files.
+        self.target = Target(settings, state, metrics)
         self._state_lock = asyncio.Lock()  # one state write at a time, in order
-        self._target_lock = asyncio.Lock()  # background pruning never runs during a promotion
+        self._restart_on_record: dict[str, object] | None = None  # `state.restart` as the state file has it
+        self._source_version: str | None = None  # what the source showed at the previous pass
         self._background: set[asyncio.Task[object]] = set()  # state writes and pruning after a commit
 
     @staticmethod
@@ -157,12 +156,13 @@ class Reloader:
         problem = load_state(target, self.state)
         if problem:
             log.warning("state_file_unusable", problem=problem)
+        self._restart_on_record = self.state.restart
         self.state.current = _promote.current_version(target)
         if self.state.last_good and not _promote.version_dir(target, self.state.last_good).is_dir():
             self.state.last_good = None
         self._unstarted = self.state.current is None
         # A life killed between a promotion and its commit left versions the history no longer wants.
-        self._prune(self.s.history)
+        self.target.prune(self.s.history)
         if self.state.current is not None and self.state.current == self.state.last_good:
             self._set_ready(True)
             self.metrics.last_successful.set(1)  # it was reloaded and verified before the restart
@@ -226,6 +226,8 @@ class Reloader:
                 self._degrade(f"internal error while version {live} (not verified) is live: {e}"[:500])
         finally:
             structlog.contextvars.clear_contextvars()
+            if self.state.restart is not self._restart_on_record:  # the restart trigger restarted the app
+                self._in_background(self._persist(), "state-write")  # /status shows it after our restart too
             if self.state.phase not in ("degraded", "held"):  # idle once the background work is done too
                 self.state.phase = "recording" if self._background else "idle"
 
@@ -241,13 +243,15 @@ class Reloader:
             await self._rollback(state.current, "a quarantined version was live at start-up")
             return
         try:
-            snap = await _blocking(self._last_small, functools.partial(read_configured, self.s.source_dir, self.s))
+            snap = await blocking(self._last_small, functools.partial(read_configured, self.s.source_dir, self.s))
             self._last_small = snap.small
         except SourceError as e:
             state.error(str(e))
             log.error("source_unreadable", error=str(e))
             return
         v = snap.version
+        state.undefer(unless=v)  # the source moved on from a deferred version
+        returned, self._source_version = v != self._source_version, v
         known_bad = v in state.quarantined or v in state.refused or v in state.held
         if v in state.quarantined:  # the source's version is one whose reload failed (also after a restart)
             self.metrics.last_successful.set(0)
@@ -255,7 +259,7 @@ class Reloader:
             return
         if known_bad or (v == state.current and v == state.last_good):
             if known_bad:
-                log.debug("skipped_known_bad", version=v)
+                self._skipped(v, returned)
             await self._recheck_degraded()
             return
         structlog.contextvars.bind_contextvars(version=v)
@@ -272,6 +276,19 @@ class Reloader:
         if not first and not await self._gate(v):
             return
         await self._apply(snap, _Pass(started, snap), first)
+
+    def _skipped(self, v: str, returned: bool) -> None:
+        """The source shows a version known bad: skipped. Said once each time the source comes to it (a
+        user going back to content refused earlier), with why; at each resync after that only at debug."""
+        if not returned:
+            log.debug("skipped_known_bad", version=v)
+            return
+        state = self.state
+        was = "quarantined" if v in state.quarantined else "refused" if v in state.refused else "held"
+        why = state.quarantined.get(v) or state.refused.get(v)
+        reason = f" at {why.stage}: {why.reason}" if why else " by the fleet (a peer reported it failed)"
+        state.error(f"version {v} was {was} earlier{reason}; skipped until the content changes"[:1000])
+        log.warning("skipped_known_bad", version=v, was=was, stage=why.stage if why else "fleet")
 
     async def _validated(self, snap: Snapshot) -> bool:
         """Validate `snap`; a refusal is remembered by hash, a check that could not run is not."""
@@ -324,11 +341,12 @@ class Reloader:
 
     async def _apply(self, snap: Snapshot, p: _Pass, first: bool) -> None:
         state = self.state
+        previous, previous_files = state.current, state.files  # what the app runs until it is signalled
         state.phase = "promoting"
         t = time.perf_counter()
         try:
-            async with self._target_lock:
-                wrote = await self._promote_making_room(snap)
+            async with self.target.lock:
+                wrote = await self.target.promote(snap)
         except Exception as e:  # PromoteError, or a bug: either way, what matters is where ..data points
             live = await asyncio.to_thread(_promote.current_version, self.s.target_dir)
             if live != p.version:  # nothing changed: retried at the next pass, never remembered as bad
@@ -350,10 +368,15 @@ class Reloader:
                 return
             # No state write here: a restart reads the live version from ..data and re-verifies it.
             problem = await self._reload_and_verify()
+            if problem is None or problem[0] != NOT_SIGNALLED:
+                state.undefer()
             if problem is None:
                 await self._commit(p, "reloaded")
                 return
             stage, reason = problem
+            if stage == NOT_SIGNALLED and previous is not None:
+                await self._put_back(p.version, previous, previous_files, reason)
+                return
         except Exception as e:
             if p.committed:  # it is verified and stays
                 log.exception("commit_incomplete", error=str(e))
@@ -363,19 +386,6 @@ class Reloader:
             stage, reason = "internal", f"internal error: {type(e).__name__}: {e}"
         self.metrics.reloads.labels("failed").inc()
         await self._fail(p.version, stage, reason)
-
-    async def _promote_making_room(self, snap: Snapshot) -> bool:
-        """`promote.promote`; when the target is short of space, old history versions go first (one retry)."""
-        # Files unchanged since the last good version are hard links to its (protected) dir, not copies.
-        call = functools.partial(_promote.promote, snap, self.s.target_dir, base=self._good_snap)
-        try:
-            return await _blocking(snap.small, call)
-        except _promote.NoSpaceError as e:
-            removed = await asyncio.to_thread(self._prune, 0)
-            if not removed:
-                raise
-            log.warning("pruned_for_space", versions=removed, error=str(e))
-            return await _blocking(snap.small, call)
 
     def _now_live(self, snap: Snapshot, v: str) -> None:
         self.state.current = v
@@ -418,6 +428,9 @@ class Reloader:
         t = time.perf_counter()
         try:
             evidence = await self.trigger.fire()
+        except NotSignalled as e:
+            log.error("reload_failed", method=self.trigger.method, error=str(e), signalled=False)
+            return NOT_SIGNALLED, str(e)
         except TriggerError as e:
             log.error("reload_failed", method=self.trigger.method, error=str(e))
             return "reload", str(e)
@@ -445,17 +458,42 @@ class Reloader:
         )
         return None if outcome.ok else ("verify", outcome.reason)
 
+    async def _put_back(self, v: str, previous: str, files: dict[str, dict[str, object]], reason: str) -> None:
+        """Nothing reached the app (its process could not be found or checked): it still runs `previous`.
+        Not `v`'s fault: `..data` goes back to `previous` without a quarantine or a signal, and the next
+        pass (the next resync) tries `v` again."""
+        state = self.state
+        state.phase = "rolling_back"
+        try:
+            async with self.target.lock:
+                await asyncio.to_thread(self.target.make_live, previous)
+        except Exception as e:  # ..data may still show `v`, which the app was never told about
+            self._degrade(f"version {v} was not signalled and putting {previous} back failed: {e}"[:500])
+            log.error("put_back_failed", to=previous, error=str(e))
+            return
+        state.current, state.files = previous, files
+        self.metrics.set_version(previous)
+        self.metrics.reloads.labels("failed").inc()
+        self.metrics.last_successful.set(0)
+        attempts = state.defer(v, reason)
+        state.error(
+            f"version {v} not applied: {reason}; nothing was signalled, {previous} put back; retried at the next resync"
+        )
+        log.warning("reload_deferred", to=previous, attempts=attempts)
+
     async def _commit(self, p: _Pass, how: str, first: bool = False) -> None:
         state = self.state
         state.last_good, p.committed = p.version, True
-        self._good_files, self._good_snap = state.files, p.snap
+        self._good_files, self.target.good = state.files, p.snap
         state.last_reload_at = time.time()
+        state.last_error = state.last_error_at = None  # what went wrong before is history now (quarantined, logs)
         state.mark(p.version, "healthy")
-        self.metrics.reloads.labels("success").inc()
-        self.metrics.last_success.set(time.time())
         self.metrics.last_successful.set(1)
         duration = time.perf_counter() - p.started
-        self.metrics.duration.observe(duration)
+        if not first:  # the start-up promotion reloaded nothing: not a reload, not a reload's duration
+            self.metrics.reloads.labels("success").inc()
+            self.metrics.last_success.set(time.time())
+            self.metrics.duration.observe(duration)
         if first and not await self._persist():
             # The app starts on the first version once /readyz says so: not before it is on record, or a
             # restart would take it for an unverified version and reload an app that never started.
@@ -482,8 +520,8 @@ class Reloader:
         try:
             if write:
                 await self._persist()
-            async with self._target_lock:
-                await asyncio.to_thread(self._prune, self.s.history)
+            async with self.target.lock:
+                await asyncio.to_thread(self.target.prune, self.s.history)
         except Exception as e:  # a bug here must not go unseen (nobody awaits this task's result)
             log.exception("record_failed", error=str(e))
 
@@ -497,30 +535,20 @@ class Reloader:
             self._in_background(self._persist(), "state-write")  # if it fails too, the next pass retries
             return False
         async with self._state_lock:
+            doc = state_doc(self.state)
             try:
-                await asyncio.to_thread(write_state, self.s.target_dir, state_doc(self.state))
+                await asyncio.to_thread(write_state, self.s.target_dir, doc)
             except Exception as e:
                 self._dirty = True
                 self.metrics.state_write_failures.inc()
                 self.state.error(f"state file not written ({e}); retried at the next commit or resync")
                 log.error("state_write_failed", error=str(e))
                 return False
+            self._restart_on_record = doc["restart"]
             if self._dirty:
                 self._dirty = False
                 log.info("state_written", after="an earlier failed write")
             return True
-
-    def _prune(self, keep: int) -> list[str]:
-        """Old versions beyond `keep` deleted (never the live or last good one); best effort."""
-        protect = {v for v in (self.state.last_good, self.state.current) if v}
-        try:
-            removed = _promote.prune(self.s.target_dir, keep, protect)
-        except OSError as e:
-            log.warning("prune_failed", error=str(e))
-            return []
-        if removed:
-            log.debug("pruned", versions=removed)
-        return removed
 
     async def _quarantine_and_rollback(self, bad: str, stage: str, reason: str) -> None:
         self.state.quarantine(bad, reason, stage)
@@ -541,7 +569,7 @@ class Reloader:
         structlog.contextvars.bind_contextvars(version=good, rolling_back_from=bad)
         log.info("rolling_back", reason=reason)
         try:
-            await asyncio.to_thread(self._make_live, good)
+            await asyncio.to_thread(self.target.make_live, good)
         except Exception as e:  # PromoteError, or anything else: ..data may still show the bad version
             self._degrade(f"version {bad} failed and the rollback to {good} failed: {e}"[:500])
             log.error("rollback_failed", version=bad, to=good, error=str(e))
@@ -552,7 +580,7 @@ class Reloader:
         # activate() made the swap durable; the state file has nothing new to say until the next commit.
         problem = await self._reload_and_verify()
         self.metrics.rollbacks.inc()
-        await self._discard(bad)
+        await self.target.discard(bad)
         if problem is not None:
             self._degrade(f"rolled back to {good} but the app is still not healthy: {problem[1]}")
             log.error("rolled_back_unhealthy", version=bad, to=good, reason=reason, after=problem[1])
@@ -562,64 +590,20 @@ class Reloader:
         state.phase = "idle"
         log.warning("rolled_back", version=bad, to=good, reason=reason)
 
-    async def _discard(self, bad: str) -> None:
-        """Delete a failed version's dir once it is no longer live: it is quarantined by hash, and a run of
-        bad versions must not fill the target."""
-        try:
-            if await asyncio.to_thread(_promote.discard, self.s.target_dir, bad):
-                log.info("discarded", version=bad)
-        except _promote.PromoteError as e:
-            log.warning("discard_failed", version=bad, error=str(e))
-
     async def _check_target(self, snap: Snapshot) -> bool:
-        """Is the last good version still what the target shows? Repair it if not; False if that failed.
-
-        Checked on each pass with nothing new to promote while the last good version is live (a few
-        lstat/readlink calls): someone deleting `..data`, a link or the whole target must not leave
-        /readyz at 200 with nothing served. A pass that promotes rewrites `..data` and the links anyway.
-        """
-        state, target, good = self.state, self.s.target_dir, self.state.last_good
-        if good is None or state.current != good:
-            return True  # nothing verified is live (start-up, or a failure being handled)
-        if snap.version == good:
-            self._good_snap = snap  # after a restart: the first time the source shows the last good version
-        kept = self._good_snap if self._good_snap is not None and self._good_snap.version == good else None
-        names = _promote.top_level(kept) if kept else {n.split("/", 1)[0] for n in state.files}
-        problem = await _blocking(snap.small, functools.partial(_promote.inspect, target, good, names))
-        if problem is None:
-            if self._damaged:  # repaired by someone else meanwhile
-                self._repaired()
-            return True
-        log.warning("target_damaged", version=good, problem=problem)
-        try:
-            await _blocking(snap.small, functools.partial(self._make_live, good))
-            still = await _blocking(snap.small, functools.partial(_promote.inspect, target, good, names))
-            if still is not None:
-                raise _promote.PromoteError(still)
-        except OSError as e:
-            log.error("target_repair_failed", version=good, problem=problem, error=str(e))
-            self._damaged = True
-            self._degrade(f"target damaged ({problem}) and not repaired: {e}"[:500])
+        """Is the target still whole? `Target.check` repairs what it can; False while it stays damaged."""
+        was_damaged = self.target.damaged
+        found = await self.target.check(snap)
+        if found.error is not None:
+            self._degrade(f"target damaged ({found.problem}) and not repaired: {found.error}"[:500])
             return False
-        self.metrics.target_repairs.inc()
-        log.warning("target_repaired", version=good, problem=problem)
-        if self._damaged:
+        if was_damaged:  # repaired now, by us or by someone else meanwhile
             self._repaired()
-        await self._persist()  # the state file may have gone with the rest
+        if found.repaired:
+            await self._persist()  # the state file may have gone with the rest
         return True
 
-    def _make_live(self, good: str) -> None:
-        """Point `..data` at the last good version again (blocking): rebuilt from its files in memory when we
-        have them (so a deleted or damaged dir is no obstacle), else from its dir on disk."""
-        kept = self._good_snap
-        if kept is not None and kept.version == good:
-            _promote.restore(kept, self.s.target_dir)
-            _promote.fsync_dir(self.s.target_dir)
-        else:
-            _promote.activate(self.s.target_dir, good)
-
     def _repaired(self) -> None:
-        self._damaged = False
         self._set_ready(True)
         self.state.phase = "idle"
 
@@ -627,7 +611,7 @@ class Reloader:
         """On a pass while degraded, retry what failed: a rollback that did not happen is tried again; on
         the last good version, the app may have recovered."""
         state = self.state
-        if state.phase != "degraded" or state.current is None or self._unrecorded or self._damaged:
+        if state.phase != "degraded" or state.current is None or self._unrecorded or self.target.damaged:
             return
         if state.current != state.last_good:  # never report ready on a version that was not verified
             if state.last_good is not None:
@@ -652,12 +636,6 @@ class Reloader:
         self.state.ready = ready
         self.state.ready_reason = reason
         self.metrics.ready.set(1 if ready else 0)
-
-
-async def _blocking(inline: bool, call: Callable[[], T]) -> T:
-    """Run blocking file work: inline when it is small (a thread hand-off, ~0.15 ms, costs more than the
-    work and is most of the reload latency), in a worker thread otherwise so the event loop stays free."""
-    return call() if inline else await asyncio.to_thread(call)
 
 
 async def _first(*aws: Awaitable[object]) -> None:

@@ -81,6 +81,9 @@ class State:
     ready_reason: str = "no version promoted yet"
     # The restart trigger's last restart of the app: old and new pid, signal, outcome, times (no contents).
     restart: dict[str, Any] | None = None
+    # A version promoted but put back because the app's process could not be found or checked (nothing
+    # was signalled): retried at each pass until it goes through or the source moves on.
+    deferred: dict[str, Any] | None = None
 
     def refuse(self, version: str, reason: str, stage: str) -> None:
         _put(self.refused, version, Refusal(reason, stage), _KEEP_REFUSED)
@@ -91,6 +94,25 @@ class State:
         """Never promote `version` again (while it is among the newest 50 quarantined)."""
         _put(self.quarantined, version, Refusal(reason[:_MAX_REASON], stage), _KEEP_QUARANTINED)
         self.mark(version, "failed")
+
+    def defer(self, version: str, reason: str) -> int:
+        """`version` was put back, nothing signalled: retried at each pass. Returns its attempts so far."""
+        attempts = self.deferred["attempts"] + 1 if self.deferred and self.deferred["version"] == version else 1
+        since = self.deferred["since"] if self.deferred and attempts > 1 else time.time()
+        self.deferred = {
+            "version": version,
+            "reason": reason[:_MAX_REASON],
+            "since": since,
+            "at": time.time(),
+            "attempts": attempts,
+        }
+        self.mark(version, "deferred")
+        return attempts
+
+    def undefer(self, unless: str | None = None) -> None:
+        """Forget the deferred version (unless it is `unless`)."""
+        if self.deferred is not None and self.deferred["version"] != unless:
+            self.deferred = None
 
     def hold(self, version: str) -> None:
         _put(self.held, version, time.time(), _KEEP_HELD)
@@ -122,6 +144,7 @@ class State:
             "last_change_at": self.last_change_at,
             "started_at": self.started_at,
             "restart": self.restart,
+            "deferred": self.deferred,
             # peers compare `versions[...].since` with this, so clocks need not agree across pods
             "now": time.time(),
         }
@@ -136,7 +159,8 @@ def _put(d: dict[str, T], key: str, value: T, keep: int) -> None:
 
 
 def save_state(target: Path, state: State) -> None:
-    """Persist what must survive a restart: last good and quarantine (atomic: temp file + rename).
+    """Persist what must survive a restart: last good, quarantine, the restart trigger's last restart
+    (atomic: temp file + rename).
 
     The live version is not stored: `..data` says it, and a restart re-verifies it unless it is last good.
     """
@@ -149,6 +173,7 @@ def state_doc(state: State) -> dict[str, Any]:
     return {
         "last_good": state.last_good,
         "quarantined": {v: asdict(r) for v, r in state.quarantined.items()},
+        "restart": state.restart,
     }
 
 
@@ -174,12 +199,14 @@ def load_state(target: Path, state: State) -> str | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         quarantined = {v: Refusal(**r) for v, r in doc.get("quarantined", {}).items()}
-        last_good = doc.get("last_good")
+        last_good, restart = doc.get("last_good"), doc.get("restart")
         if last_good is not None and not isinstance(last_good, str):
             raise TypeError("last_good is not a version hash")
+        if not isinstance(restart, dict):  # what /status shows, nothing decided on: not worth the file
+            restart = None
         # Oldest first, the newest 50: a file written before the bound existed shrinks on the next commit.
         newest = sorted(quarantined.items(), key=lambda item: float(item[1].at))[-_KEEP_QUARANTINED:]
-        state.last_good, state.quarantined = last_good, dict(newest)
+        state.last_good, state.quarantined, state.restart = last_good, dict(newest), restart
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, AttributeError) as e:

@@ -12,6 +12,7 @@ import re
 import signal
 import stat
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # aiohttp is imported by HttpTrigger: `once` (an initContaine
 __all__ = [
     "HttpTrigger",
     "NoTrigger",
+    "NotSignalled",
     "RestartTrigger",
     "SignalTrigger",
     "Trigger",
@@ -45,6 +47,13 @@ __all__ = [
 
 class TriggerError(RuntimeError):
     """The app was not told to reload; the message says what to check."""
+
+
+class NotSignalled(TriggerError):
+    """The app's process could not be found or checked (a pidfile being rewritten, two processes of the
+    name, a pid that cannot be the app's) or could not be signalled, so nothing reached it: the app still
+    runs the version it had. Not the version's fault: the reloader puts that version back and tries again,
+    it never quarantines the new one for it."""
 
 
 class Trigger(Protocol):
@@ -109,7 +118,13 @@ class HttpTrigger:
         hint = ""
         if any(s.startswith(("HTTP 403", "HTTP 404", "HTTP 405")) for s in seen):
             hint = " (is the reload endpoint enabled? e.g. Prometheus needs --web.enable-lifecycle)"
-        raise TriggerError(f"{self.verb} {self.url} failed after {len(seen)} attempt(s): {'; '.join(seen)}{hint}")
+        raise TriggerError(f"{self.verb} {self.url} failed after {len(seen)} attempt(s): {_summary(seen)}{hint}")
+
+
+def _summary(seen: list[str]) -> str:
+    """The attempts in order, each different answer once, a repeated one with its count (`HTTP 500 'x' x4`),
+    as the health check's evidence is: one concise reason however many retries."""
+    return "; ".join(what if n == 1 else f"{what} x{n}" for what, n in Counter(seen).items())
 
 
 # The kernel's PID_MAX_LIMIT on 64-bit: no pid is larger, whatever kernel.pid_max says.
@@ -149,7 +164,7 @@ class SignalTrigger:
             return read_pidfile(self.pidfile)
         pids = find_processes(self.process, self.proc)
         if not pids:
-            raise TriggerError(
+            raise NotSignalled(
                 f"no process named {self.process!r} found in /proc; is the app running and the pod using "
                 "shareProcessNamespace: true?"
             )
@@ -159,14 +174,14 @@ class SignalTrigger:
         """Refuse a pid that cannot be the app's; raises `TriggerError` saying why."""
         where = f"pidfile {self.pidfile}" if self.pidfile is not None else f"RELOAD_PROCESS={self.process!r}"
         if pid == 1:
-            raise TriggerError(f"{where} names pid 1, the init process of the pod (or container), never the app")
+            raise NotSignalled(f"{where} names pid 1, the init process of the pod (or container), never the app")
         if pid == os.getpid():
-            raise TriggerError(f"{where} names pid {pid}, the sidecar itself")
+            raise NotSignalled(f"{where} names pid {pid}, the sidecar itself")
         if pid in _ancestors(self.proc):
-            raise TriggerError(f"{where} names pid {pid}, an ancestor of the sidecar, never the app")
+            raise NotSignalled(f"{where} names pid {pid}, an ancestor of the sidecar, never the app")
         info = _read_proc(pid, self.proc)
         if info is None:
-            raise TriggerError(
+            raise NotSignalled(
                 f"process {pid} is gone; is the app running? ({where}; the sidecar sees only the processes of "
                 "its own PID namespace: does the pod use shareProcessNamespace: true?)"
             )
@@ -174,12 +189,12 @@ class SignalTrigger:
             return
         late = info.started_wall() - written
         if late > PID_REUSE_SLACK_S:
-            raise TriggerError(
+            raise NotSignalled(
                 f"process {pid} ({info.comm!r}) started {late:.1f} s after pidfile {self.pidfile} was last "
                 "written, so it is not the process that wrote it (the pid was reused); is the app running?"
             )
         if self.process and self.process not in info.names(with_exe=True):
-            raise TriggerError(
+            raise NotSignalled(
                 f"process {pid} from pidfile {self.pidfile} is {info.comm!r}, not {self.process!r} "
                 "(RELOAD_PROCESS); is the pidfile the app's?"
             )
@@ -188,7 +203,7 @@ class SignalTrigger:
 def _the_app(process: str, pids: list[int]) -> int:
     """The one top-most process named `process` (`pids` not empty); several unrelated ones are refused."""
     if len(pids) > 1:
-        raise TriggerError(
+        raise NotSignalled(
             f"{len(pids)} processes named {process!r} that are not each other's children: "
             f"{', '.join(map(str, pids))}; set RELOAD_PIDFILE to say which one is the app"
         )
@@ -201,30 +216,30 @@ def read_pidfile(path: Path) -> tuple[int, float]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as e:
-        raise TriggerError(f"cannot read pidfile {path}: {e.strerror}; is the app running?") from e
+        raise NotSignalled(f"cannot read pidfile {path}: {e.strerror}; is the app running?") from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise TriggerError(f"pidfile {path} is {_kind(st.st_mode)}, not a regular file; refusing to read it")
+            raise NotSignalled(f"pidfile {path} is {_kind(st.st_mode)}, not a regular file; refusing to read it")
         if st.st_size > PIDFILE_MAX_BYTES:
-            raise TriggerError(
+            raise NotSignalled(
                 f"pidfile {path} is {st.st_size} bytes, too large to hold a pid (at most {PIDFILE_MAX_BYTES})"
             )
         raw = os.read(fd, PIDFILE_MAX_BYTES + 1)
     except OSError as e:
-        raise TriggerError(f"cannot read pidfile {path}: {e.strerror}") from e
+        raise NotSignalled(f"cannot read pidfile {path}: {e.strerror}") from e
     finally:
         os.close(fd)
     if len(raw) > PIDFILE_MAX_BYTES:
-        raise TriggerError(f"pidfile {path} grew past {PIDFILE_MAX_BYTES} bytes while read, too large to hold a pid")
+        raise NotSignalled(f"pidfile {path} grew past {PIDFILE_MAX_BYTES} bytes while read, too large to hold a pid")
     text = raw.strip(b" \t\r\n")
     if not re.fullmatch(rb"[0-9]{1,20}", text):
         shown = text.decode("utf-8", "backslashreplace")[:40]
-        raise TriggerError(f"pidfile {path} holds {shown!r}, not the app's pid")
+        raise NotSignalled(f"pidfile {path} holds {shown!r}, not the app's pid")
     pid = int(text)
     if not 1 <= pid <= PID_MAX:
         # 0 would signal our own process group
-        raise TriggerError(f"pidfile {path} holds {pid}, not a pid (pids are 1 to {PID_MAX})")
+        raise NotSignalled(f"pidfile {path} holds {pid}, not a pid (pids are 1 to {PID_MAX})")
     return pid, st.st_mtime
 
 
@@ -246,7 +261,7 @@ def _deliver(pid: int, signum: signal.Signals, check: Callable[[], None]) -> Non
             if pidfd is not None:
                 os.close(pidfd)
     except ProcessLookupError:
-        raise TriggerError(f"process {pid} is gone; is the app running?") from None
+        raise NotSignalled(f"process {pid} is gone; is the app running?") from None
 
 
 def _send_signal(pid: int, pidfd: int | None, signum: signal.Signals) -> None:
@@ -257,7 +272,7 @@ def _send_signal(pid: int, pidfd: int | None, signum: signal.Signals) -> None:
         else:
             signal.pidfd_send_signal(pidfd, signum)
     except PermissionError:
-        raise TriggerError(
+        raise NotSignalled(
             f"not allowed to signal pid {pid}: run the sidecar with the app's UID or add CAP_KILL"
         ) from None
 
@@ -335,7 +350,7 @@ def find_processes(name: str, proc: Path = _PROC) -> list[int]:
     try:
         entries = [int(e.name) for e in proc.iterdir() if e.name.isascii() and e.name.isdigit()]
     except OSError as e:
-        raise TriggerError(f"cannot list processes in {proc}: {e.strerror}") from e
+        raise NotSignalled(f"cannot list processes in {proc}: {e.strerror}") from e
     for pid in entries:
         info = None if pid in me else _read_proc(pid, proc, exe=False)
         if info is not None and name in info.names():

@@ -20,6 +20,7 @@ STAGES = {
     "validators": 2,
     "stagger": 3,
     "promote": 4,
+    "target": 4,
     "trigger": 5,
     "triggers": 5,
     "verify": 6,

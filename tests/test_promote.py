@@ -390,6 +390,88 @@ def test_restore_replaces_a_damaged_version_dir(target: Path) -> None:
     assert not [n for n in _entries(target) if n.startswith(("..del-", "..tmp-"))]
 
 
+def _leftovers(target: Path) -> list[str]:
+    return [n for n in _entries(target) if n.startswith(("..del-", "..tmp-", "..link-", "..data_tmp"))]
+
+
+def test_promotion_points_a_redirected_link_back(target: Path) -> None:
+    """A link of one of the version's names redirected elsewhere is pointed back at `..data/name`, on
+    re-promoting the live version (a repair) and on promoting a new one."""
+    v1, v2 = _snap({"app.conf": "1"}), _snap({"app.conf": "2"})
+    promote(v1, target)
+    os.unlink(target / "app.conf")
+    os.symlink("/etc/passwd", target / "app.conf")
+    assert inspect(target, v1.version, {"app.conf"}) == "link app.conf does not point at ..data/app.conf"
+    restore(v1, target)
+    assert inspect(target, v1.version, {"app.conf"}) is None
+    os.unlink(target / "app.conf")
+    os.symlink("/etc/passwd", target / "app.conf")
+    promote(v2, target)
+    assert os.readlink(target / "app.conf") == "..data/app.conf"
+    assert _live(target) == {"app.conf": b"2"}
+
+
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_restore_replaces_a_data_that_is_not_a_symlink(target: Path, kind: str) -> None:
+    """`..data` replaced by a directory (with a file the app would read through it) or a regular file:
+    restore() deletes it and puts the link back."""
+    snap = _snap({"app.conf": "good"})
+    promote(snap, target)
+    (target / DATA).unlink()
+    if kind == "dir":
+        (target / DATA).mkdir()
+        (target / DATA / "app.conf").write_text("evil")
+    else:
+        (target / DATA).write_text("junk")
+    assert inspect(target, snap.version, {"app.conf"}) is not None
+    restore(snap, target)
+    assert inspect(target, snap.version, {"app.conf"}) is None
+    assert _live(target) == {"app.conf": b"good"}
+    assert _leftovers(target) == []
+
+
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_restore_and_activate_replace_a_top_level_name_that_is_not_a_symlink(target: Path, kind: str) -> None:
+    """One of the version's names replaced by a file or a directory (it was our link): both ways of putting
+    the version back (restore from memory, activate from its dir) delete it and make the link again."""
+    snap = _snap({"app.conf": "good", "conf.d/x": "x"})
+    promote(snap, target)
+    for put_back in (lambda: restore(snap, target), lambda: activate(target, snap.version)):
+        (target / "conf.d").unlink()
+        if kind == "dir":
+            (target / "conf.d").mkdir()
+            (target / "conf.d" / "x").write_text("evil")
+        else:
+            (target / "conf.d").write_text("evil")
+        assert inspect(target, snap.version, {"app.conf", "conf.d"}) == "conf.d is not our symlink"
+        put_back()
+        assert inspect(target, snap.version, {"app.conf", "conf.d"}) is None
+        assert _live(target) == {"app.conf": b"good", "conf.d/x": b"x"}
+        assert _leftovers(target) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_restore_replaces_a_version_dir_that_is_not_a_directory(target: Path, kind: str, tmp_path: Path) -> None:
+    """The version dir replaced by a file or by a symlink to a look-alike dir elsewhere: rebuilt from the
+    snapshot; activate(), which has only the disk, says so instead of following the symlink."""
+    snap = _snap({"app.conf": "good"})
+    promote(snap, target)
+    vdir = version_dir(target, snap.version)
+    shutil.rmtree(vdir)
+    if kind == "file":
+        vdir.write_text("junk")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "app.conf").write_text("evil")
+        os.symlink(tmp_path / "elsewhere", vdir)
+    assert inspect(target, snap.version, {"app.conf"}) == f"{vdir.name} is not a directory"
+    with pytest.raises(PromoteError, match="is not a directory"):
+        activate(target, snap.version)
+    restore(snap, target)
+    assert inspect(target, snap.version, {"app.conf"}) is None
+    assert _live(target) == {"app.conf": b"good"}
+
+
 def _ino(target: Path, version: str, name: str) -> int:
     return os.lstat(version_dir(target, version) / name).st_ino
 

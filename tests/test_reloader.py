@@ -36,7 +36,7 @@ from sidecar.settings import Settings
 from sidecar.snapshot import read_snapshot, snapshot_of
 from sidecar.stagger import NoGate
 from sidecar.state import STATE_FILE, State
-from sidecar.trigger import TriggerError
+from sidecar.trigger import NotSignalled, TriggerError
 from sidecar.verify import HealthCheck, Outcome
 from tests.kubelet import project
 from tests.tmpfs import FILLER, fill, tmpfs
@@ -329,6 +329,37 @@ async def test_no_room_to_stage_for_the_checker_is_not_a_refusal(
         assert current_version(target) == new and st.last_good == new and rig.app.asked == [new]
 
 
+async def test_an_app_not_found_puts_the_previous_version_back_and_retries(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """The app's process cannot be found when a good version arrives: nothing was signalled, so no
+    quarantine, no rollback, no second signal: `..data` goes back to the version the app runs, ready stays,
+    `/status` shows the version deferred; the next pass tries it again and commits it."""
+    missing = [True]
+
+    def lookup() -> None:
+        if missing[0]:
+            raise NotSignalled("pidfile /run/app.pid holds '', not the app's pid")
+
+    rig = _rig(tmp_path, session, on_good=lookup)
+    good = await _started(rig)
+    new = await rig.apply(FIXED)
+    st = rig.state
+    assert current_version(rig.target) == good and st.current == st.last_good == good
+    assert (st.ready, st.phase) == (True, "idle") and st.quarantined == {}
+    assert st.deferred is not None and st.deferred["version"] == new and st.deferred["attempts"] == 1
+    assert st.versions[new][0] == "deferred" and "holds ''" in (st.last_error or "")
+    assert (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"]
+    assert rig.app.asked == [new] and rig.metric("reload_sidecar_rollbacks_total") == 0
+    assert rig.metric("reload_sidecar_last_reload_successful") == 0
+    await rig.reloader.pass_once()
+    assert st.deferred is not None and st.deferred["attempts"] == 2 and rig.app.asked == [new, new]
+    missing[0] = False
+    await rig.reloader.pass_once()
+    assert st.current == st.last_good == new and st.ready and st.deferred is None
+    assert (rig.target / "app.yaml").read_bytes() == FIXED["app.yaml"]
+
+
 def _wipe(target: Path) -> None:
     for entry in target.iterdir():
         if entry.is_dir() and not entry.is_symlink():
@@ -387,20 +418,38 @@ async def test_damage_while_the_source_is_quarantined_goes_back_to_last_good(
 
 
 async def test_damage_that_cannot_be_repaired_is_not_ready(tmp_path: Path, session: aiohttp.ClientSession) -> None:
-    """A directory where `..data` belongs cannot be replaced: not ready, with the reason; once it is gone
-    the next pass repairs the target and the sidecar is ready again."""
+    """The one damage self-repair cannot undo (docs/validation.md): right after a restart, the last good
+    version's dir deleted while the source shows a quarantined version, so its files are neither in memory
+    nor in the source. Not ready, with the reason, at each pass; once the source shows the last good
+    version again the next pass rebuilds it and the sidecar is ready again."""
+    rig = _rig(tmp_path, session, on_bad=_raise(TriggerError("HTTP 500")))
+    good = await _started(rig)
+    await rig.apply(BAD)
+    rig = _rig(tmp_path, session)  # a restart: nothing in memory
+    rig.reloader.recover()
+    shutil.rmtree(version_dir(rig.target, good))
+    await rig.reloader.pass_once()
+    st = rig.state
+    assert (st.ready, st.phase) == (False, "degraded") and f"target damaged (..v-{good} is missing" in st.ready_reason
+    await rig.reloader.pass_once()
+    assert not st.ready and rig.app.asked == []
+    await rig.apply(GOOD)
+    assert (st.ready, st.phase) == (True, "idle") and current_version(rig.target) == good
+    assert (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"] and rig.app.asked == []
+
+
+async def test_a_dir_in_place_of_data_is_replaced(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """A directory where `..data` belongs (the app would read through it): deleted and `..data` made again
+    by the next pass, without reloading the app; ready throughout the repair's end."""
     rig = _rig(tmp_path, session)
     good = await _started(rig)
     (rig.target / DATA).unlink()
     (rig.target / DATA / "x").mkdir(parents=True)
     await rig.reloader.pass_once()
     st = rig.state
-    assert (st.ready, st.phase) == (False, "degraded") and "target damaged (..data is not a symlink" in st.ready_reason
-    await rig.reloader.pass_once()
-    assert not st.ready and rig.app.asked == []
-    shutil.rmtree(rig.target / DATA)
-    await rig.reloader.pass_once()
     assert (st.ready, st.phase) == (True, "idle") and current_version(rig.target) == good
+    assert (rig.target / "app.yaml").read_bytes() == GOOD["app.yaml"] and rig.app.asked == []
+    assert rig.metric("reload_sidecar_target_repairs_total") == 1
 
 
 @dataclass

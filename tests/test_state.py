@@ -57,6 +57,18 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert fresh.quarantined == {"badbad": Refusal("not healthy: HTTP 500 x3", "verify", at=1700000000.5)}
 
 
+def test_the_restart_record_survives_a_restart(tmp_path: Path) -> None:
+    """The restart trigger's last restart (`/status` `restart`) is in the state file; a record of the wrong
+    shape is dropped alone, never at the cost of the last good version and the quarantine."""
+    record = {"old_pid": 10, "new_pid": 11, "signal": "SIGTERM", "outcome": "restarted", "at": 1.0}
+    save_state(tmp_path, State(pod="p", last_good="c0ffee", restart=record))
+    fresh = State(pod="p")
+    assert load_state(tmp_path, fresh) is None and fresh.restart == record and fresh.status()["restart"] == record
+    (tmp_path / STATE_FILE).write_text('{"last_good": "c0ffee", "quarantined": {}, "restart": [1]}')
+    fresh = State(pod="p")
+    assert load_state(tmp_path, fresh) is None and (fresh.last_good, fresh.restart) == ("c0ffee", None)
+
+
 def test_state_file_is_hidden_from_the_app() -> None:
     """The state file has a `..` name, like the kubelet's own entries, so no top-level link ever shows it."""
     assert STATE_FILE.startswith("..")

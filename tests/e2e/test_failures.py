@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.apps import http_get
+from tests.e2e.apps import NginxProc, free_port, http_get, nginx_conf, start_nginx
 from tests.e2e.receiver import reader, serving
 from tests.e2e.sidecar_proc import Sidecar, live_files, running, wait_for
 from tests.kubelet import project
@@ -171,6 +171,60 @@ def test_deleted_data_and_wiped_target_are_repaired_by_a_resync(tmp_path: Path) 
         st = car.status()
         assert st["current"] == good and st["ready"] and _readyz(car) == 200
         assert not car.events("promoted")[1:], "a repair is not a new promotion"
+
+
+def _reload_nginx(ngx: NginxProc) -> str:
+    """SIGHUP nginx as anyone may (its container restarting reads the config the same way), wait for the
+    new generation of workers alone, and return what it serves: what it read through the target."""
+    before = set(ngx.workers())
+    ngx.reload()
+    wait_for(lambda: set(ngx.workers()).isdisjoint(before) and ngx.settled(), 20, what="nginx's new workers")
+    return ngx.get("/")[1]
+
+
+def test_a_redirected_link_and_a_data_dir_are_repaired_and_nginx_reads_the_good_version(tmp_path: Path) -> None:
+    """The target tampered with while nginx runs on it: `nginx.conf -> <a conf of ours>` (a link
+    redirected), then `..data` replaced by a directory holding such a conf. Each time a resync puts the
+    sidecar's layout back (`target_repaired`, no `target_repair_failed`), without signalling nginx (its
+    version did not change), and nginx, reloaded afterwards, serves the good version, never the planted one."""
+    prefix, volume, target = tmp_path / "nginx", tmp_path / "volume", tmp_path / "target"
+    prefix.mkdir()
+    port = free_port()
+    good_conf = nginx_conf(port, "good", prefix)
+    project(volume, {"nginx.conf": good_conf})
+    evil = tmp_path / "evil.conf"
+    evil.write_text(nginx_conf(port, "evil", prefix))
+    env = {"RELOAD_SIGNAL": "SIGHUP", "RELOAD_PIDFILE": str(prefix / "nginx.pid"), "RELOAD_RESYNC_S": "0.3"}
+    with running(volume, target, tmp_path, **env) as car:
+        good = car.wait_current()["current"]
+        with start_nginx(prefix, target / "nginx.conf", port) as ngx:
+            assert ngx.get("/")[1] == "good"
+
+            (target / "nginx.conf").unlink()
+            (target / "nginx.conf").symlink_to(evil)
+            wait_for(lambda: car.events("target_repaired"), 15, what=f"the link repaired; log: {car.log_tail()}")
+            assert os.readlink(target / "nginx.conf") == "..data/nginx.conf"
+            assert _reload_nginx(ngx) == "good"
+
+            (target / "..data").unlink()
+            (target / "..data").mkdir()
+            (target / "..data" / "nginx.conf").write_text(evil.read_text())
+            wait_for(
+                lambda: len(car.events("target_repaired")) == 2, 15, what=f"..data repaired; log: {car.log_tail()}"
+            )
+            assert os.readlink(target / "..data") == f"..v-{good}"
+            assert _reload_nginx(ngx) == "good"
+
+            assert [e["problem"] for e in car.events("target_repaired")] == [
+                "link nginx.conf does not point at ..data/nginx.conf",
+                "..data is not a symlink (Invalid argument)",
+            ]
+            assert not car.events("target_repair_failed")
+            assert not car.events("reload_triggered"), "a repair does not signal the app"
+            assert car.metrics()["reload_sidecar_target_repairs_total"] == 2
+            assert not [p.name for p in target.iterdir() if p.name.startswith("..del-")]
+            st = car.status()
+            assert st["current"] == st["last_good"] == good and st["ready"] and _readyz(car) == 200
 
 
 def test_once_on_a_full_target_exits_1_without_traceback_or_leftovers(tmp_path: Path) -> None:
