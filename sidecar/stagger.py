@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 import structlog
 
-from .peers import Fleet, HttpTransport, PeerView
+from .peers import NAMES_FILE, Fleet, HttpTransport, PeerView
 from .settings import Settings
 
 __all__ = [
@@ -512,13 +512,16 @@ class WavesGate:
 
     async def _round(self, version: str, gone: set[str], probe: bool = False) -> WaveStep:
         """Read this pod's tree neighbours once and decide; `gone` grows with what they report."""
-        members = self.fleet.members()
+        members, unnamed = self.fleet.members(), self.fleet.unnamed()
         left_out = frozenset((gone | self.fleet.gone_pods()) & members)
-        quorate = 2 * len(left_out) < len(members)
+        # A listed address this pod cannot name is a pod all the same, one that does not answer it: counted
+        # in the fleet, never in the order (a pod cut off before it learnt its peers' names is a minority).
+        size = len(members) + unnamed
+        quorate = 2 * (len(left_out) + unnamed) < size
         live = left_out if quorate else frozenset()
         if self._view_of.get(version) != (members, live):  # unchanged: no re-hashing of the whole fleet
             if self.forget_s is None:  # derived from the fleet's size: only a membership change changes it
-                self.fleet.forget_after_s = default_peer_forget_s(self.bake_s, self.fleet.timeout_s, len(members))
+                self.fleet.forget_after_s = default_peer_forget_s(self.bake_s, self.fleet.timeout_s, size)
             self._view_of[version] = (members, live)
             self.views[version] = WaveView.of(version, members - live)
         view = self.views[version]
@@ -549,9 +552,7 @@ class WavesGate:
         if quorate:
             silent = {pod for pod in targets if self.fleet.unreachable_s(pod)}
             return wave_round(view, self.me, own, peers, self.bake_s, self.clock(), left_out, silent)
-        return _minority_round(
-            version, own, peers, self.bake_s, self.clock(), len(members) - len(left_out), len(members)
-        )
+        return _minority_round(version, own, peers, self.bake_s, self.clock(), len(members) - len(left_out), size)
 
 
 def make_gate(
@@ -573,6 +574,7 @@ def make_gate(
             timeout_s=timeout,
             forget_after_s=settings.peer_forget_s or default_peer_forget_s(settings.bake_s, timeout, 1),
             on_requests=on_peer_requests,
+            names_file=settings.target_dir / NAMES_FILE,
         )
         return WavesGate(
             fleet, me, settings.bake_s, own_status or (lambda: {"pod": me}), forget_s=settings.peer_forget_s

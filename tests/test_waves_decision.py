@@ -214,6 +214,15 @@ def test_a_partitioned_tenth_neither_blocks_the_rest_nor_makes_a_second_canary()
         assert r["bad_version_pods"] == 1 and r["bad_settled"], r
 
 
+def test_pods_cut_off_before_they_named_their_peers_count_them_and_wait() -> None:
+    """The cut-off tenth starts knowing no name (sidecars restarted): it counts the 90 addresses it cannot
+    name as silent pods, so it is a minority and never makes an order of its own; one pod gets the bad
+    version (before: the cut pods that named each other made orders of their own, and 3 pods got it)."""
+    r = fleet_sim.run(fleet_sim.Options(100, partition=0.1, cold_cut=True, seed=1))
+    assert r["rollout_complete"] and r["healthy_pods"] == 100 and r["early_starts"] == 0, r
+    assert r["bad_version_pods"] == 1 and r["bad_settled"], r
+
+
 async def _joining(o: fleet_sim.Options) -> tuple[str, str, int]:
     sim = fleet_sim.Sim(o)
     await sim.version(fleet_sim.GOOD, bad=False)
