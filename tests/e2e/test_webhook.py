@@ -123,7 +123,8 @@ def test_unknown_profile_denied_naming_known_ones(hook: Webhook) -> None:
     resp = hook.review(review("unknown", profile="ngnix", data={"nginx.conf": "events {}\n"}))
     assert resp["allowed"] is False
     message = resp["status"]["message"]
-    assert "unknown reload-sidecar profile 'ngnix'" in message and "nginx, ok, probe, slow, yaml" in message, message
+    assert "unknown reload-sidecar profile 'ngnix'" in message, message
+    assert "known: hang, nginx, ok, probe, six, slow, yaml" in message, message
 
 
 def test_binary_data_decoded_and_checked(hook: Webhook) -> None:
@@ -339,7 +340,7 @@ def test_checker_that_never_ends_is_answered_within_the_callers_timeout(hook: We
 
 def test_eight_slow_reviews_leave_room_for_a_good_one(hook: Webhook, work: Path) -> None:
     """8 never-ending checkers under ?timeout=2s at once, then a good nginx review: it is allowed within its own
-    timeout; each slow one is denied at its deadline or answered 503 if no slot freed up in time."""
+    timeout; each slow one that got a slot at once is denied at its deadline, the others are answered 503."""
     concurrency = _listening(hook)["concurrency"]
     _clear_pids(work)
     conf = nginx_conf(8080, "v1", work / "nginx")
@@ -359,7 +360,8 @@ def test_eight_slow_reviews_leave_room_for_a_good_one(hook: Webhook, work: Path)
             message = json.loads(body)["response"]["status"]["message"]
             assert "the API server's ?timeout=2s" in message, message
         else:
-            assert status == 503 and b"no checker slot became free before the API server's ?timeout=2s" in body
+            # no slot in time, or one so late that the deadline cut its checker short: the queue's fault, a 503
+            assert status == 503 and b"the API server's ?timeout=2s" in body and b"try again" in body, body
     pids = _pids(work)
     wait_for(lambda: all(_gone(pid) for pid in pids), 10, what=f"checkers {pids} to be killed")
 
