@@ -336,11 +336,13 @@ def wave_round(
     now: float,
     gone: Collection[str] = (),
     unreachable: Collection[str] = (),
+    listed: int = 0,
 ) -> WaveStep:
     """Pure decision for one round from this pod's status (`own`) and its tree neighbours' (`peers`).
 
     Held when this pod or any neighbour failed or holds the version. Otherwise the canary (rank 0)
-    goes once more than half the order reported on it through the tree ("seen"); any other pod of wave
+    goes once more than half the fleet (`listed` pods, named or not, left out or not; at least the
+    order) reported on its order through the tree ("seen"); any other pod of wave
     w goes once its parent's "down" (from the canary, built from every subtree's "up") says waves
     0 .. w-1 have baked. Any pod goes once a neighbour reports its whole order done and baked (how a
     pod left out of the order, or cut off for a while, catches up).
@@ -359,10 +361,11 @@ def wave_round(
     seen = 1 + sum(_seen(_same_view(peers.get(child), view)) for child in view.children(rank))
     doc.update(up=up, down=down, seen=seen, done=all(t is not None for t in down))
     if rank == 0:
-        # Only a canary that a majority of the order reached through the tree goes: one cut off with a
-        # few pods (a partition) cannot be a second canary.
-        if 2 * seen <= len(view.order):
-            return WaveStep("wait", f"{where} waits: {seen} of {len(view.order)} pods agree on the order", doc)
+        # Only a canary that a majority of the whole fleet reached through the tree goes: one cut off with
+        # a few pods (a partition) cannot be a second canary, even with the rest left out of its order.
+        fleet = max(listed, len(view.order))
+        if 2 * seen <= fleet:
+            return WaveStep("wait", f"{where} waits: {seen} of {fleet} pods agree on the order", doc)
         return WaveStep("go", where, doc)
     ok, missing = _baked(down, wave, now, bake_s)
     if not ok:
@@ -551,7 +554,7 @@ class WavesGate:
             return WaveStep("go", "superseded by a newer version", {"superseded": True})
         if quorate:
             silent = {pod for pod in targets if self.fleet.unreachable_s(pod)}
-            return wave_round(view, self.me, own, peers, self.bake_s, self.clock(), left_out, silent)
+            return wave_round(view, self.me, own, peers, self.bake_s, self.clock(), left_out, silent, size)
         return _minority_round(version, own, peers, self.bake_s, self.clock(), len(members) - len(left_out), size)
 
 
