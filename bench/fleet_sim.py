@@ -5,6 +5,7 @@
   python3 bench/fleet_sim.py --pods 1000 --json       # one JSON object
   python3 bench/fleet_sim.py --pods 1000 --dead 0.01 --json
   python3 bench/fleet_sim.py --pods 1000 --partition 0.1 --json
+  python3 bench/fleet_sim.py --pods 100 --partition 0.1 --cold-cut --json
   python3 bench/fleet_sim.py --pods 100 --protocol old   # the protocol before the tree (git history), same simulation
 
 Every pod is a real `sidecar.stagger.WavesGate` over a real `sidecar.peers.Fleet` and a real
@@ -18,7 +19,9 @@ seen by every pod within `--skew` s (waves, rollout time in bakes, requests per 
 total, peak served by one pod, and whether any pod went before the lower waves of its own order had
 baked); a bad version that fails health on every pod that applies it (pods touched, rounds for the hold
 to reach every pod). With `--partition`, a fraction of the pods is cut off from the rest during each
-version and the cut healed once the larger side settled; `*_all` figures include the healed side.
+version and the cut healed once the larger side settled; `*_all` figures include the healed side. With
+`--cold-cut` too, the cut-off pods start knowing no peer's name (their sidecars just restarted, or the
+cut came before any version made them read each other).
 
 `--protocol old` runs the gate and Fleet of `git show OLD:sidecar/{stagger,peers}.py`, OLD being the last
 commit before the tree protocol (`--old-ref`; loaded as a
@@ -313,6 +316,7 @@ class Options:
     idle_s: float = 30.0
     seed: int = 1
     kill_canary: bool = False  # the canary of each version is among the dead pods
+    cold_cut: bool = False  # the cut-off pods start without their peers' names (sidecars restarted)
 
 
 GOOD, BAD = "v2-good", "v3-bad"
@@ -339,6 +343,8 @@ class Sim:
         self.net.pods = {p.address: p for p in self.pods}
         names = {p.address: p.name for p in self.pods}
         for pod in self.pods:  # warm start: membership learnt before (a refresh then reads nobody)
+            if o.cold_cut and pod.address in minority:
+                continue  # knows no name: it learns them at its refreshes, from the pods it reaches
             fleet = pod.gate.fleet
             if hasattr(fleet, "seed"):
                 fleet.seed(names, names)
@@ -536,6 +542,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, help="RELOAD_PEER_TIMEOUT_S (default: derived)")
     ap.add_argument("--forget", type=float, help="RELOAD_PEER_FORGET_S (default: derived)")
     ap.add_argument("--kill-canary", action="store_true", help="each version's canary is dead from the start")
+    ap.add_argument("--cold-cut", action="store_true", help="the --partition pods start knowing no peer's name")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="one JSON object (needs --pods)")
     a = ap.parse_args()
@@ -543,7 +550,7 @@ def main() -> int:
     for n in sizes:
         o = Options(
             n, a.protocol, a.bake, a.verify, a.skew, a.latency, a.loss, a.slow, a.dead, a.partition,
-            a.timeout, a.forget, seed=a.seed, kill_canary=a.kill_canary,
+            a.timeout, a.forget, seed=a.seed, kill_canary=a.kill_canary, cold_cut=a.cold_cut,
         )  # fmt: skip
         r = run(o)
         print(json.dumps(r) if a.json else row(r), flush=True)

@@ -7,29 +7,39 @@ which the waves gate calls only while a version is pending and then only every f
 `/peers` (its own address -> name map) and then a bounded number of `/status` reads per refresh.
 
 `read(names)` reads just the named peers (the waves gate's tree neighbours); a peer that fails to answer
-for `forget_after_s` is `gone()`. The transport (HTTP, or a simulated network in bench/fleet_sim.py)
-and the wall clock are injected, so the same code runs against real sidecars and simulated ones.
+for `forget_after_s` is `gone()`. A listed address not named yet still counts (`unnamed()`): the gate
+counts it in the fleet's size, as a pod that did not answer, so a pod that cannot name its peers (cut
+off before it learned them) never takes itself for the whole fleet. The names learnt are kept in a file
+(`names_file`, in the target dir next to the state file) for the next life of the sidecar.
+
+The transport (HTTP, or a simulated network in bench/fleet_sim.py) and the wall clock are injected,
+so the same code runs against real sidecars and simulated ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
+import os
 import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
-__all__ = ["Address", "Fleet", "HttpTransport", "PeerView", "Transport"]
+__all__ = ["NAMES_FILE", "Address", "Fleet", "HttpTransport", "PeerView", "Transport"]
 
 log = structlog.get_logger("peers")
 
 Address = tuple[str, int]
+NAMES_FILE = "..reload-sidecar-peers.json"  # in the target dir: the peers' names, for the next life
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +135,7 @@ class Fleet:
         learn_per_round: int = 16,
         on_requests: Callable[[int], object] | None = None,
         clock: Callable[[], float] = time.time,
+        names_file: Path | None = None,
     ) -> None:
         self.transport, self.peers, self.me = transport, peers, me
         self.timeout_s, self.forget_after_s, self.learn_per_round = timeout_s, forget_after_s, learn_per_round
@@ -132,7 +143,9 @@ class Fleet:
         self.clock = clock
         self.views: dict[str, PeerView] = {}
         # Replaced, never mutated, so many Fleets may share one map (the simulation seeds them that way).
-        self.names: Mapping[Address, str] = {}
+        self.names: Mapping[Address, str] = load_names(names_file) if names_file is not None else {}
+        self.names_file = names_file
+        self._saved: Mapping[Address, str] = self.names
         self._listed: frozenset[Address] = frozenset()
         self._failing_since: dict[str, float] = {}
         self._in_flight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
@@ -140,10 +153,22 @@ class Fleet:
 
     def members(self) -> frozenset[str]:
         """Pod names of the listed addresses we know, and this pod (the same object while unchanged)."""
+        return self._counted()[0]
+
+    def unnamed(self) -> int:
+        """Listed addresses we cannot name (they never answered us): pods all the same, silent ones.
+
+        This pod's own address among them (it could not even read itself) counts once more: too many
+        pods make a majority harder to reach, too few would let a minority take itself for a majority.
+        """
+        return self._counted()[1]
+
+    def _counted(self) -> tuple[frozenset[str], int]:
         cached = getattr(self, "_members_cache", None)
         if cached is None or cached[0] is not self.names or cached[1] is not self._listed:
             members = frozenset(self.names[a] for a in self._listed if a in self.names) | {self.me}
-            cached = self._members_cache = (self.names, self._listed, members)
+            unnamed = sum(1 for a in self._listed if a not in self.names)
+            cached = self._members_cache = (self.names, self._listed, (members, unnamed))
         return cached[2]
 
     @property
@@ -203,11 +228,22 @@ class Fleet:
             self.names = names
         if len(names) == len(listed):
             self._complete_for = (listed, self.names)
+        self._save()
         for pod in list(self.views):
             if pod not in self._by_name or self._by_name[pod] not in listed:
                 log.info("peer_forgotten", peer=pod, listed=False)
                 del self.views[pod]
                 self._failing_since.pop(pod, None)
+
+    def _save(self) -> None:
+        """Keep the names learnt for the next life of the sidecar (written only when they changed)."""
+        if self.names_file is None or self.names == self._saved:
+            return
+        try:
+            save_names(self.names_file, self.names)
+        except OSError as e:
+            log.warning("peer_names_not_saved", path=str(self.names_file), error=str(e))
+        self._saved = self.names
 
     async def read(self, pods: Iterable[str], wait_s: float | None = None) -> dict[str, PeerView]:
         """Read the named peers' `/status`; returns the latest view of each that was ever read (self excluded).
@@ -285,3 +321,32 @@ def _named_addresses(doc: dict[str, Any] | None) -> dict[Address, str]:
         if isinstance(name, str) and isinstance(where, list) and len(where) == 2 and isinstance(where[1], int):
             out[(str(where[0]), where[1])] = name
     return out
+
+
+def load_names(path: Path) -> dict[Address, str]:
+    """The names `save_names` kept (an earlier life of this sidecar); empty if none or unreadable."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("peer_names_unreadable", path=str(path), error=str(e))
+        return {}
+    given = doc.get("names") if isinstance(doc, dict) else None
+    out: dict[Address, str] = {}
+    for entry in given if isinstance(given, list) else ():
+        if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int) and isinstance(entry[2], str):
+            out[(str(entry[0]), entry[1])] = entry[2]
+    return out
+
+
+def save_names(path: Path, names: Mapping[Address, str]) -> None:
+    """Write address -> pod name atomically (temp file + rename): {"names": [[host, port, pod], ...]}."""
+    tmp = path.with_name(f"..tmp-peers-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps({"names": [[a[0], a[1], name] for a, name in names.items()]}), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 import structlog
 
-from .peers import Fleet, HttpTransport, PeerView
+from .peers import NAMES_FILE, Fleet, HttpTransport, PeerView
 from .settings import Settings
 
 __all__ = [
@@ -336,11 +336,13 @@ def wave_round(
     now: float,
     gone: Collection[str] = (),
     unreachable: Collection[str] = (),
+    listed: int = 0,
 ) -> WaveStep:
     """Pure decision for one round from this pod's status (`own`) and its tree neighbours' (`peers`).
 
     Held when this pod or any neighbour failed or holds the version. Otherwise the canary (rank 0)
-    goes once more than half the order reported on it through the tree ("seen"); any other pod of wave
+    goes once more than half the fleet (`listed` pods, named or not, left out or not; at least the
+    order) reported on its order through the tree ("seen"); any other pod of wave
     w goes once its parent's "down" (from the canary, built from every subtree's "up") says waves
     0 .. w-1 have baked. Any pod goes once a neighbour reports its whole order done and baked (how a
     pod left out of the order, or cut off for a while, catches up).
@@ -359,10 +361,11 @@ def wave_round(
     seen = 1 + sum(_seen(_same_view(peers.get(child), view)) for child in view.children(rank))
     doc.update(up=up, down=down, seen=seen, done=all(t is not None for t in down))
     if rank == 0:
-        # Only a canary that a majority of the order reached through the tree goes: one cut off with a
-        # few pods (a partition) cannot be a second canary.
-        if 2 * seen <= len(view.order):
-            return WaveStep("wait", f"{where} waits: {seen} of {len(view.order)} pods agree on the order", doc)
+        # Only a canary that a majority of the whole fleet reached through the tree goes: one cut off with
+        # a few pods (a partition) cannot be a second canary, even with the rest left out of its order.
+        fleet = max(listed, len(view.order))
+        if 2 * seen <= fleet:
+            return WaveStep("wait", f"{where} waits: {seen} of {fleet} pods agree on the order", doc)
         return WaveStep("go", where, doc)
     ok, missing = _baked(down, wave, now, bake_s)
     if not ok:
@@ -512,13 +515,16 @@ class WavesGate:
 
     async def _round(self, version: str, gone: set[str], probe: bool = False) -> WaveStep:
         """Read this pod's tree neighbours once and decide; `gone` grows with what they report."""
-        members = self.fleet.members()
+        members, unnamed = self.fleet.members(), self.fleet.unnamed()
         left_out = frozenset((gone | self.fleet.gone_pods()) & members)
-        quorate = 2 * len(left_out) < len(members)
+        # A listed address this pod cannot name is a pod all the same, one that does not answer it: counted
+        # in the fleet, never in the order (a pod cut off before it learnt its peers' names is a minority).
+        size = len(members) + unnamed
+        quorate = 2 * (len(left_out) + unnamed) < size
         live = left_out if quorate else frozenset()
         if self._view_of.get(version) != (members, live):  # unchanged: no re-hashing of the whole fleet
             if self.forget_s is None:  # derived from the fleet's size: only a membership change changes it
-                self.fleet.forget_after_s = default_peer_forget_s(self.bake_s, self.fleet.timeout_s, len(members))
+                self.fleet.forget_after_s = default_peer_forget_s(self.bake_s, self.fleet.timeout_s, size)
             self._view_of[version] = (members, live)
             self.views[version] = WaveView.of(version, members - live)
         view = self.views[version]
@@ -548,10 +554,8 @@ class WavesGate:
             return WaveStep("go", "superseded by a newer version", {"superseded": True})
         if quorate:
             silent = {pod for pod in targets if self.fleet.unreachable_s(pod)}
-            return wave_round(view, self.me, own, peers, self.bake_s, self.clock(), left_out, silent)
-        return _minority_round(
-            version, own, peers, self.bake_s, self.clock(), len(members) - len(left_out), len(members)
-        )
+            return wave_round(view, self.me, own, peers, self.bake_s, self.clock(), left_out, silent, size)
+        return _minority_round(version, own, peers, self.bake_s, self.clock(), len(members) - len(left_out), size)
 
 
 def make_gate(
@@ -573,6 +577,7 @@ def make_gate(
             timeout_s=timeout,
             forget_after_s=settings.peer_forget_s or default_peer_forget_s(settings.bake_s, timeout, 1),
             on_requests=on_peer_requests,
+            names_file=settings.target_dir / NAMES_FILE,
         )
         return WavesGate(
             fleet, me, settings.bake_s, own_status or (lambda: {"pod": me}), forget_s=settings.peer_forget_s

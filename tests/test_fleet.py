@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from sidecar.peers import Fleet, HttpTransport
+from sidecar.peers import NAMES_FILE, Fleet, HttpTransport, load_names, save_names
 
 
 @dataclass
@@ -178,3 +181,44 @@ async def test_an_address_now_serving_another_pod_is_renamed(session: aiohttp.Cl
         peers[0].answer = _status("web-7")
         assert await fleet.read(["web-1"]) == {}
         assert fleet.members() == {"web-0", "web-7", "web-2"}
+
+
+async def test_an_address_that_never_answered_is_counted_unnamed(session: aiohttp.ClientSession) -> None:
+    """A listed address nobody could name is still a pod (a silent one): counted by `unnamed()`, until named."""
+    async with _peers(_status("web-1")) as peers:
+        closed = peers[0].address
+    async with _peers(_status("web-2"), _status("web-0")) as peers:
+        fleet = Fleet(HttpTransport(session), (closed, *(p.address for p in peers)), "web-0", timeout_s=10)
+        assert (fleet.members(), fleet.unnamed()) == ({"web-0"}, 0)  # nothing resolved yet
+        await fleet.refresh()
+        assert (fleet.members(), fleet.unnamed()) == ({"web-0", "web-2"}, 1)
+        fleet.peers = tuple(p.address for p in peers)  # the closed address is no longer listed
+        await fleet.refresh()
+        assert (fleet.members(), fleet.unnamed()) == ({"web-0", "web-2"}, 0)
+
+
+async def test_names_learnt_are_kept_for_the_next_life(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """The names are written (atomically) when they change; a new Fleet on the same file knows them without
+    a read, and counts them even while they do not answer."""
+    path = tmp_path / NAMES_FILE
+    async with _peers(_status("web-1"), _status("web-2")) as peers:
+        first = _fleet(session, peers, names_file=path)
+        await first.refresh()
+        assert load_names(path) == {peers[0].address: "web-1", peers[1].address: "web-2"}
+        assert os.listdir(tmp_path) == [NAMES_FILE]  # no temp file left
+        for p in peers:
+            p.status = 503  # silent from now on: the next life cannot learn the names again
+        second = _fleet(session, peers, names_file=path)
+        await second.refresh()
+        assert (second.members(), second.unnamed()) == ({"web-0", "web-1", "web-2"}, 0)
+        assert sum(p.reads for p in peers) == 2  # the first life's reads only
+
+
+@pytest.mark.parametrize("text", ["{not json", '["a list"]', '{"names": [["10.0.0.1", "9533", "web-1"], 7]}'])
+def test_an_unusable_names_file_is_no_names(tmp_path: Path, text: str) -> None:
+    path = tmp_path / NAMES_FILE
+    path.write_text(text)
+    assert load_names(path) == {}
+    assert load_names(tmp_path / "missing") == {}
+    save_names(path, {("10.0.0.1", 9533): "web-1"})
+    assert json.loads(path.read_text()) == {"names": [["10.0.0.1", 9533, "web-1"]]}

@@ -90,6 +90,19 @@ def test_the_canary_goes_once_a_majority_reported_on_its_order() -> None:
     assert four.step == "go" and four.why == "wave 0 (rank 0 of 7)"
 
 
+def test_a_canary_needs_a_majority_of_every_listed_pod_not_just_of_its_order() -> None:
+    """A side of 3 pods of 7 (a partition) has forgotten 3 of the other 4 but not yet the fourth: an order of
+    4 of which its 3 agree, a majority of that order but not of the fleet: its canary waits. (Counted against
+    the order alone, as before, it went: the other side could have had a canary too.)"""
+    view = WaveView.of(V, frozenset(ORDER[:4]))
+    canary = view.order[0]
+    child = view.children(0)[0]  # reports itself and its own child: 3 with the canary
+    peers = {child: _peer(child, doc={**_doc(seen=2), "view": view.key, "n": 4})}
+    cut = stagger.wave_round(view, canary, _own(canary), peers, BAKE_S, NOW, ORDER[4:], (), listed=7)
+    assert cut.step == "wait" and "3 of 7 pods agree" in cut.why, cut.why
+    assert stagger.wave_round(view, canary, _own(canary), peers, BAKE_S, NOW, ORDER[4:], (), listed=4).step == "go"
+
+
 def test_counts_go_up_and_the_canary_says_since_when_each_wave_is_whole() -> None:
     """The canary sums its children's per-wave counts; a wave's "down" time exists once all its pods are in."""
     left = _peer(WAVE1[0], doc=_doc(up=[[0, None], [1, 40.0], [1, 5.0]], seen=3))
@@ -212,6 +225,15 @@ def test_a_partitioned_tenth_neither_blocks_the_rest_nor_makes_a_second_canary()
         r = fleet_sim.run(fleet_sim.Options(100, partition=0.1, seed=seed))
         assert r["rollout_complete"] and r["healthy_pods"] == 100 and r["early_starts"] == 0, r
         assert r["bad_version_pods"] == 1 and r["bad_settled"], r
+
+
+def test_pods_cut_off_before_they_named_their_peers_count_them_and_wait() -> None:
+    """The cut-off tenth starts knowing no name (sidecars restarted): it counts the 90 addresses it cannot
+    name as silent pods, so it is a minority and never makes an order of its own; one pod gets the bad
+    version (before: the cut pods that named each other made orders of their own, and 3 pods got it)."""
+    r = fleet_sim.run(fleet_sim.Options(100, partition=0.1, cold_cut=True, seed=1))
+    assert r["rollout_complete"] and r["healthy_pods"] == 100 and r["early_starts"] == 0, r
+    assert r["bad_version_pods"] == 1 and r["bad_settled"], r
 
 
 async def _joining(o: fleet_sim.Options) -> tuple[str, str, int]:

@@ -1,11 +1,13 @@
 """The webhook's review parsing and decision in-process: `parse_review`, `configmap_files`, and `/validate` on
-`make_app` through aiohttp's test client (plain HTTP, no TLS, profiles without a checker command: no process).
+`make_app` through aiohttp's test client (plain HTTP, no TLS, profiles without a checker command: no process);
+then `decide` with a `sleep` checker and one slot, for what time lost in the queue makes of a review.
 
 TLS, checkers and the API server's view are covered end to end in tests/e2e/test_webhook.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 from collections.abc import AsyncIterator
@@ -16,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.webhook import BadReview, Webhook, configmap_files, load_profiles, make_app, parse_review
+from sidecar.webhook.review import Deadline, Review, Unjudged, decide
 from tests.e2e.webhook_proc import configmap, review
 
 SCHEMA = "type: object\nrequired: [port]\nproperties:\n  port: {type: integer}\n"
@@ -173,3 +176,35 @@ async def test_answers_are_counted_by_outcome(client: TestClient[Any, Any]) -> N
     metrics = await (await client.get("/metrics")).text()
     for outcome in ("allowed", "denied", "bad_request"):
         assert f'reload_sidecar_webhook_answers_total{{outcome="{outcome}"}} 1.0' in metrics, outcome
+
+
+async def test_a_checker_cut_short_after_waiting_for_a_slot_is_unjudged_not_denied(tmp_path: Path) -> None:
+    """One checker slot, held by the test until 1 s in; a review due at 2.5 s (?timeout=3s) then has 1.5 s of
+    its checker's 5 s: killed at the deadline, it is a 503 (the queue's fault). Without the wait, the same cut
+    is a denial (the profile allows more than the caller gives), and so is a checker that had its whole own
+    timeout_s."""
+    (tmp_path / "profiles.yaml").write_text(
+        "profiles:\n"
+        "  slow: {command: \"sh -c 'exec sleep 30' {dir}\", timeout_s: 5}\n"
+        "  short: {command: \"sh -c 'exec sleep 30' {dir}\", timeout_s: 0.5}\n"
+    )
+    hook = Webhook(load_profiles(tmp_path / "profiles.yaml"), tls=None, concurrency=1)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+
+    def slow(uid: str, profile: str = "slow") -> Review:
+        return parse_review(review(uid, profile=profile, data={"a.txt": uid}))
+
+    await hook.slots.acquire()
+    loop.call_later(1.0, hook.slots.release)  # timers fire in order: long before the review's 2.4 s slot limit
+    with pytest.raises(Unjudged) as cut:
+        await decide(hook, slow("queued"), Deadline(loop.time(), 3.0, "3s"))
+    assert cut.value.outcome == "queue_timeout"
+    assert "killed; not a verdict on the content: the review first waited" in cut.value.reason, cut.value.reason
+    alone = await decide(hook, slow("alone"), Deadline(loop.time(), 1.0, "1s"))
+    assert not alone.allowed and alone.outcome == "checker_deadline", alone
+    assert "(what was left of the API server's ?timeout=1s); killed" in alone.message
+    await hook.slots.acquire()
+    loop.call_later(0.2, hook.slots.release)
+    own = await decide(hook, slow("own", "short"), Deadline(loop.time(), 10.0, "10s"))
+    assert not own.allowed and own.outcome == "denied", own
+    assert "(profile 'short' timeout_s); killed" in own.message

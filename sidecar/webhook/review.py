@@ -3,8 +3,10 @@
 Deadlines: the API server calls `/validate?timeout=10s` and gives up after that. Each review's answer is
 due a margin before that, counted from the request's arrival; waiting for one of the validation slots,
 staging and the checkers all spend from it, and a checker still running when it runs out is killed and
-the review denied saying so. A review that gets no slot in time, or finds the queue full, is answered
-503 and the API server applies its failurePolicy. A client that disconnects cancels its review.
+the review denied saying so, unless the review waited for a slot: then our queue took the checker's
+time, which says nothing about the content, and the answer is 503 like a review that gets no slot in
+time or finds the queue full (the API server applies its failurePolicy). A client that disconnects
+cancels its review.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ _KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 
 #: `reload_sidecar_webhook_answers_total{outcome}`: the first two are plain verdicts; `checker_deadline` is
-#: a denial because the caller's time ran out; the rest are HTTP errors (the API server applies failurePolicy).
+#: a denial because the caller's time ran out (the review had a slot at once: a cut after waiting for one is a
+#: `queue_timeout`); the rest are HTTP errors (the API server applies failurePolicy).
 OUTCOMES = (
     "allowed",
     "denied",
@@ -370,7 +373,7 @@ async def decide(hook: Webhook, review: Review, deadline: Deadline | None = None
 
     An UPDATE whose new object drops or changes the profile annotation is judged under the old object's
     profile as well as the new one: the content must pass both. `Unjudged` when no checker slot
-    frees up before the deadline.
+    frees up before the deadline, or when waiting for one left a checker too little of the deadline.
     """
     if deadline is None:
         deadline = Deadline(asyncio.get_running_loop().time())
@@ -416,9 +419,15 @@ async def decide(hook: Webhook, review: Review, deadline: Deadline | None = None
 
 
 async def _judge_in_turn(hook: Webhook, names: list[str], snap: Snapshot, deadline: Deadline) -> tuple[list[str], bool]:
-    """`_judge`, in a checker slot if any of the profiles runs a command (waiting for one until the deadline)."""
+    """`_judge`, in a checker slot if any of the profiles runs a command (waiting for one until the deadline).
+
+    `Unjudged` (503) when no slot frees up in time, and when the review had to wait for one and the
+    deadline then cut a checker short (unless an earlier profile refused the content: that denial stands).
+    """
     if not any(hook.profiles[n].checks.command for n in names):
         return await _judge(hook, names, snap, deadline)
+    loop = asyncio.get_running_loop()
+    queued_at = loop.time() if hook.slots.locked() else None  # None: a slot was free, no time lost here
     try:
         async with asyncio.timeout_at(deadline.at - _MIN_CHECK_S):
             await hook.slots.acquire()
@@ -428,10 +437,22 @@ async def _judge_in_turn(hook: Webhook, names: list[str], snap: Snapshot, deadli
             f"no checker slot became free before {deadline.describe()} ran out "
             f"({hook.concurrency} checkers run at once); try again",
         ) from None
+    waited_s = 0.0 if queued_at is None else loop.time() - queued_at
     try:
-        return await _judge(hook, names, snap, deadline)
+        reasons, timed_out = await _judge(hook, names, snap, deadline)
     finally:
         hook.slots.release()
+    if timed_out and queued_at is not None:
+        # The caller's deadline cut a checker short after the review waited in our queue: with the time
+        # the queue took, it might have finished. Not the content's fault, so no denial (a denial is final).
+        if reasons[:-1]:  # an earlier profile refused the content itself: that verdict stands
+            return reasons[:-1], False
+        raise Unjudged(
+            "queue_timeout",
+            f"{reasons[-1]}; not a verdict on the content: the review first waited {waited_s:.2f} s for a "
+            f"checker slot ({hook.concurrency} checkers run at once); try again",
+        )
+    return reasons, timed_out
 
 
 async def _judge(hook: Webhook, names: list[str], snap: Snapshot, deadline: Deadline) -> tuple[list[str], bool]:

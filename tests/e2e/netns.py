@@ -5,6 +5,8 @@
       ├─ veth ─ netns rs<id>-1: eth0 10.213.<k>.2, lo
       └─ ...
 
+`cut_off` partitions one pod from the others with unreachable routes in its namespace (`heal` undoes it).
+
 Each pod's sidecar and app share that pod's loopback, exactly as containers of one Kubernetes pod do,
 so one ConfigMap text (same port, same relative paths) serves every pod, and peers reach each other
 at their pod IPs.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 
@@ -48,3 +50,16 @@ def pod_network(n: int) -> Iterator[list[tuple[str, str]]]:
         for ns, _ in pods:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=10)
+
+
+def cut_off(netns: str, others: Iterable[str]) -> None:
+    """A partition: the pod in `netns` can no longer reach the pod IPs `others`, nor answer them (its replies
+    are routed nowhere, so their reads time out). The test, at the bridge's address, still reaches it."""
+    for ip in others:
+        _ip("-n", netns, "route", "add", "unreachable", f"{ip}/32")
+
+
+def heal(netns: str, others: Iterable[str]) -> None:
+    """Undo `cut_off`."""
+    for ip in others:
+        _ip("-n", netns, "route", "del", "unreachable", f"{ip}/32")

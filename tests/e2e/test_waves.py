@@ -23,7 +23,7 @@ import pytest
 from sidecar.snapshot import read_snapshot
 from sidecar.stagger import wave_of, wave_order
 from tests.e2e.apps import NginxProc, nginx_bin, nginx_conf, start_nginx
-from tests.e2e.netns import pod_network
+from tests.e2e.netns import cut_off, heal, pod_network
 from tests.e2e.receiver import always, serving
 from tests.e2e.sidecar_proc import Sidecar, http_get, wait_for
 from tests.kubelet import project
@@ -229,3 +229,61 @@ def test_random_and_ordinal_delays_fall_in_their_windows(
                 assert low <= delay <= high, f"{stagger} {pod}: reload after {delay:.2f} s"
         finally:
             car.stop()
+
+
+def _went_with(pod: Pod, version: str) -> bool:
+    assert pod.car is not None
+    return any(e.get("version") == version for e in pod.car.events("promoted"))
+
+
+def _settled_on(pods: list[Pod], version: str) -> bool:
+    """Every pod quarantined `version` (it applied it and rolled back) or holds it."""
+    states = [p.car.status() for p in pods if p.car]
+    return len(states) == len(pods) and all(version in st["quarantined"] or version in st["held"] for st in states)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("when", ["after a sidecar restart", "right after fleet start"])
+def test_pods_cut_off_never_decide_alone(tmp_path: Path, when: str) -> None:
+    """7 pods; 2 are cut off from the rest before they could name their peers (their sidecars restarted:
+    the names were only in memory; or the cut came before any version made them read each other). A
+    version that fails health reaches one pod: the majority's canary. The cut pods count the addresses
+    they cannot name, see 1 of 7, wait for a majority, and hold the version once the cut heals."""
+    with fleet(tmp_path, 7) as pods:
+        cut, rest = pods[:2], pods[2:]
+        body = "v1"
+        if when == "after a sidecar restart":
+            body = "v2"
+            good = apply(pods, body)
+            wait_for(lambda: all(healthy_at(p, good) for p in pods), 60, 0.2, what="v2 healthy everywhere")
+            for pod in cut:
+                assert pod.car is not None
+                pod.car.kill()
+                pod.car.start().wait_current(good, timeout=30)
+        live = read_snapshot(pods[0].volume).version
+        for pod in cut:
+            cut_off(pod.netns, [p.ip for p in pods if p is not pod])
+        bad = apply(pods, "v3-broken", health_status=500)
+
+        def waits_for_majority(pod: Pod) -> bool:
+            assert pod.car is not None
+            return any(e.get("version") == bad and "majority" in e["why"] for e in pod.car.events("wave_wait"))
+
+        # Each cut pod went with it (the defect) or waits for a majority (where it stays while cut).
+        wait_for(
+            lambda: all(_went_with(p, bad) or waits_for_majority(p) for p in cut) and _settled_on(rest, bad),
+            120,
+            0.3,
+            what="the cut pods decided and the majority settled",
+        )
+        for pod in cut:
+            heal(pod.netns, [p.ip for p in pods if p is not pod])
+        wait_for(lambda: _settled_on(pods, bad), 90, 0.3, what="every pod quarantined or held the bad version")
+        touched = sorted(p.name for p in pods if _went_with(p, bad))
+        assert len(touched) == 1, f"the bad version reached {touched}"
+        for pod in cut:
+            assert pod.car is not None and pod.nginx is not None
+            st = pod.car.status()
+            assert st["current"] == st["last_good"] == live and bad in st["held"], pod.name
+            assert pod.nginx.get("/") == (200, body)
+        assert sum(p.car.metrics()["reload_sidecar_rollbacks_total"] for p in pods if p.car) == 1.0
