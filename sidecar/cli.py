@@ -90,19 +90,37 @@ def _fail(problems: Sequence[str]) -> int:
     return 2
 
 
-def _preflight(command: str, settings: Settings, env: Mapping[str, str]) -> list[str]:
-    """What the settings point at, checked before anything starts (see preflight.py)."""
-    from .preflight import listen_problem, source_problem, target_problem
+def _preflight(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """What the settings point at, checked before anything starts (see preflight.py): (problems, warnings)."""
+    from .preflight import (
+        command_problem,
+        directory_problem,
+        listen_problem,
+        source_problem,
+        target_problem,
+        url_problem,
+    )
 
+    command: str = args.command
     problems: list[str | None] = []
+    warnings: list[str | None] = []
+    if command == "validate" and (why := directory_problem(args.dir)):
+        problems.append(f"{args.dir}: {why}")
     if command in ("run", "once"):
         problems.append(source_problem("RELOAD_SOURCE_DIR", settings.source_dir))
         problems.append(target_problem("RELOAD_TARGET_DIR", settings.target_dir))
+    if command in ("run", "once", "validate"):
+        shown = env.get("RELOAD_VALIDATE_COMMAND", "").strip()
+        problems.append(command_problem("RELOAD_VALIDATE_COMMAND", shown, settings.validate_command))
+    if command == "run" and settings.reload_url:
+        problem, warning = url_problem("RELOAD_RELOAD_URL", settings.reload_url)
+        problems.append(problem)
+        warnings.append(warning)
     listen = {"run": ("RELOAD_LISTEN", settings.listen), "webhook": ("RELOAD_WEBHOOK_LISTEN", settings.webhook_listen)}
     if command in listen:
         name, (host, port) = listen[command]
         problems.append(listen_problem(name, env.get(name, "").strip() or f"{host}:{port}", host, port))
-    return [p for p in problems if p]
+    return [p for p in problems if p], [w for w in warnings if w]
 
 
 def _profile_env(env: Mapping[str, str]) -> set[str]:
@@ -142,11 +160,14 @@ def _command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return run_demo(args.port, wait=not args.no_wait)
     passed = _profile_env(env) if args.command == "webhook" else set()
     settings = Settings.from_env(env, require_dirs=args.command in ("run", "once"), passed=passed)
-    if problems := _preflight(args.command, settings, env):
+    problems, warnings = _preflight(args, settings, env)
+    if problems:
         raise SettingsError(problems)
     configure_logging(settings.log_format, settings.log_level)
     for name, why in retired_in(env):
         log.warning("variable_retired", variable=name, detail=f"ignored; {why}")
+    for why in warnings:
+        log.warning("reload_url_unreachable", variable="RELOAD_RELOAD_URL", detail=why)
     if args.command == "validate":
         return asyncio.run(_validate(settings, args.dir))
     if args.command == "once":
@@ -168,9 +189,8 @@ async def _validate(settings: Settings, directory: Path) -> int:
 
     try:
         snap = read_configured(directory, settings)
-    except SourceError as e:
-        print(f"{directory}: {e}")
-        return 1
+    except SourceError as e:  # gone or changed since the start-up check; the error names the path
+        return _fail([str(e)])
     verdict = await validate(snap, Checks.from_settings(settings))
     if verdict.ok:
         print(f"{directory}: ok ({len(snap.files)} files, version {snap.version})")
