@@ -1,4 +1,4 @@
-"""`reload-sidecar run | once | validate DIR | webhook | demo`."""
+"""`reload-sidecar run | once | validate DIR | webhook | demo | check-manifests [FILE...]`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ _COMMANDS = {
     "validate": "run the configured validators on DIR; exit 1 listing the problems",
     "webhook": "HTTPS ValidatingWebhook: check ConfigMaps annotated reload-sidecar/profile (RELOAD_WEBHOOK_*)",
     "demo": "a self-contained demo: volume, sidecar and a tiny app, in a temp dir",
+    "check-manifests": "check the wiring of the pods in `kubectl kustomize` output (FILE or stdin); exit 1 listing"
+    " the mistakes",
 }
 
 
@@ -69,14 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     d = parsers["demo"]
     d.add_argument("--port", type=int, help="the sidecar's HTTP port (default: 9533 if free, else any free port)")
     d.add_argument("--no-wait", action="store_true", help="exit after the scripted steps instead of waiting")
+    parsers["check-manifests"].add_argument(
+        "files", nargs="*", type=Path, help="YAML of Kubernetes objects (default: stdin; - is stdin too)"
+    )
     return ap
 
 
 def env_help(command: str) -> str:
     """The `--help` epilog of `command`: the variables it reads and their defaults, from the settings registry."""
-    names = COMMAND_VARS[command]
+    names = COMMAND_VARS.get(command, ())
     if not names:
-        return "environment: no RELOAD_* variable is read; the demo configures its own sidecar."
+        why = "; the demo configures its own sidecar" if command == "demo" else ""
+        return f"environment: no RELOAD_* variable is read{why}."
     defaults = env_defaults()
     width = max(map(len, names))
     rows = "\n".join(f"  {name:<{width}}  {defaults[name]}" for name in names)
@@ -158,6 +164,8 @@ def _command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
         configure_logging("console", "info")
         return run_demo(args.port, wait=not args.no_wait)
+    if args.command == "check-manifests":
+        return _check_manifests(args.files)
     passed = _profile_env(env) if args.command == "webhook" else set()
     settings = Settings.from_env(env, require_dirs=args.command in ("run", "once"), passed=passed)
     problems, warnings = _preflight(args, settings, env)
@@ -181,6 +189,37 @@ def _command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from .run import run_sidecar
 
     return run_sidecar(settings)
+
+
+def _check_manifests(files: Sequence[Path]) -> int:
+    """Problems on stdout, one a line, exit 1; unreadable input is a set-up mistake (exit 2)."""
+    import yaml
+
+    from .manifests import check_documents
+
+    docs: list[object] = []
+    for path in files or [Path("-")]:
+        name = "stdin" if str(path) == "-" else str(path)
+        try:
+            text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+            docs.extend(yaml.safe_load_all(text))
+        except (OSError, UnicodeDecodeError) as e:
+            return _fail([f"{name}: cannot read: {getattr(e, 'strerror', None) or e}"])
+        except yaml.YAMLError as e:
+            return _fail([f"{name}: invalid YAML: {' '.join(str(e).split())}"])
+    problems, seen = check_documents(docs)
+    if not seen:
+        problems.append(
+            "no reload-sidecar container in the input: a workload the components should change lacks the"
+            ' annotation reload-sidecar.io/inject: "true" (on the Deployment or StatefulSet, not its pod template)'
+        )
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"ok: {seen} reload-sidecar container(s), no wiring mistake found", file=sys.stderr)
+    return 0
 
 
 async def _validate(settings: Settings, directory: Path) -> int:
