@@ -35,6 +35,8 @@ def _demo(*args: str) -> subprocess.CompletedProcess[str]:
 def _listening(port: int) -> Iterator[socket.socket | None]:
     """A socket listening on `port`, or None when something else already does (busy either way)."""
     sock = socket.socket()
+    # as the demo's own check binds: connections of an earlier demo in TIME_WAIT on the port do not count
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1", port))
     except OSError:
@@ -74,13 +76,19 @@ def test_demo_with_a_busy_port_given_is_one_line() -> None:
     assert done.stdout == ""
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_demo_narrates_into_a_pipe_as_it_goes() -> None:
     """stdout a pipe (not a terminal): each step's line arrives while the demo runs, and the printed app.yaml
     exists while it waits (the narration used to appear only at Ctrl-C, block-buffered); Ctrl-C then ends it."""
     # PYTHONUNBUFFERED (set on some machines) would hide the block buffering a user's pipe gets
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELOAD_") and k != "PYTHONUNBUFFERED"}
     with subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "demo"],
+        [sys.executable, "-m", "sidecar", "demo", "--port", str(_free_port())],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
