@@ -24,10 +24,12 @@ import pytest
 import sidecar
 from sidecar.cli import env_help, main
 from sidecar.settings import COMMAND_VARS, ENV_VARS, RETIRED, Settings, SettingsError, env_defaults, unknown_variables
+from tests.root import needs_root
 from tests.test_readme import _env_table
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = shutil.which("reload-sidecar")
+# Beside the Python running the tests (a venv's bin/, activated or not), else on PATH.
+SCRIPT = shutil.which("reload-sidecar", path=os.path.dirname(sys.executable)) or shutil.which("reload-sidecar")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -71,8 +73,9 @@ def _busy_port() -> Iterator[int]:
 @pytest.mark.parametrize("script", [False, True], ids=["python-m", "console-script"])
 def test_misspelt_variable_is_one_line_with_did_you_mean(dirs: dict[str, str], tmp_path: Path, script: bool) -> None:
     """`RELOAD_RELOAD_ULR` is refused with the name meant, exit 2, and nothing is promoted."""
-    if script and SCRIPT is None:
-        pytest.skip("console script not installed")
+    assert SCRIPT or not script, (
+        f"no reload-sidecar console script beside {sys.executable} nor on PATH: pip install -e ."
+    )
     proc = _cli("once", env=_env(**dirs, RELOAD_RELOAD_ULR="http://127.0.0.1:1/-/reload"), script=script)
     assert (proc.returncode, _lines(proc)) == (
         2,
@@ -215,8 +218,7 @@ def test_target_under_a_file_is_one_line(dirs: dict[str, str]) -> None:
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs (needs root): what a target on a readOnlyRootFilesystem without its emptyDir is."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    needs_root("mounts a read-only tmpfs: CAP_SYS_ADMIN")
     path = tmp_path / "ro"
     path.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True, timeout=10)
