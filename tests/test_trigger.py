@@ -36,6 +36,7 @@ from sidecar.trigger import (
     make_trigger,
 )
 from tests.aio import serving
+from tests.root import needs_root
 
 
 @pytest.fixture
@@ -501,8 +502,7 @@ for target in (1, os.getppid()):
 def test_pid_1_and_the_sidecars_ancestors_are_refused(tmp_path: Path) -> None:
     """In a PID namespace of its own (needs root): a pidfile naming pid 1 or the sidecar's parent is refused."""
     unshare = shutil.which("unshare")
-    # Not skipped: like the fleet tests, this one needs root (README "Set-up"); it fails, loudly, without it.
-    assert os.geteuid() == 0, "needs root (CAP_SYS_ADMIN) for a PID namespace of its own; CI runs as root"
+    needs_root("a PID namespace of its own: CAP_SYS_ADMIN")
     assert unshare is not None, "needs unshare(1) from util-linux"
     script = tmp_path / "probe.py"
     script.write_text(NAMESPACE_PROBE)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.root import needs_root
+
 __all__ = ["FILLER", "fill", "free_bytes", "tmpfs"]
 
 FILLER = "..filler"  # a `..` name: never one of the app's links, never one of the sidecar's leftovers
@@ -23,8 +25,7 @@ FILLER = "..filler"  # a `..` name: never one of the app's links, never one of t
 @contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """`path` with a fresh tmpfs of `size` (mount(8) syntax, e.g. "2m") mounted on it."""
-    if os.geteuid() != 0:
-        raise PermissionError("mounting a tmpfs needs root (CAP_SYS_ADMIN); see README, 'Set-up'")
+    needs_root("mounts a tmpfs: CAP_SYS_ADMIN")
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],

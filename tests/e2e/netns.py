@@ -14,11 +14,12 @@ at their pod IPs.
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+
+from tests.root import needs_root
 
 
 def _ip(*args: str) -> None:
@@ -28,8 +29,7 @@ def _ip(*args: str) -> None:
 @contextmanager
 def pod_network(n: int) -> Iterator[list[tuple[str, str]]]:
     """`n` (netns name, pod IP) pairs, removed afterwards."""
-    if os.geteuid() != 0:
-        raise PermissionError("network namespaces need root (CAP_NET_ADMIN); see README, 'Set-up'")
+    needs_root("a network namespace per pod: CAP_NET_ADMIN")
     tag = secrets.token_hex(2)
     subnet = f"10.213.{int(tag, 16) % 250}"
     bridge = f"rs{tag}"

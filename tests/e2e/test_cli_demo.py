@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,8 @@ def _demo(*args: str) -> subprocess.CompletedProcess[str]:
 def _listening(port: int) -> Iterator[socket.socket | None]:
     """A socket listening on `port`, or None when something else already does (busy either way)."""
     sock = socket.socket()
+    # as the demo's own check binds: connections of an earlier demo in TIME_WAIT on the port do not count
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1", port))
     except OSError:
@@ -70,3 +74,56 @@ def test_demo_with_a_busy_port_given_is_one_line() -> None:
         "leave --port out to use a free one"
     ]
     assert done.stdout == ""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_demo_narrates_into_a_pipe_as_it_goes() -> None:
+    """stdout a pipe (not a terminal): each step's line arrives while the demo runs, and the printed app.yaml
+    exists while it waits (the narration used to appear only at Ctrl-C, block-buffered); Ctrl-C then ends it."""
+    # PYTHONUNBUFFERED (set on some machines) would hide the block buffering a user's pipe gets
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELOAD_") and k != "PYTHONUNBUFFERED"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "demo", "--port", str(_free_port())],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    ) as proc:
+        hang = threading.Timer(90, proc.kill)  # hang protection: the pipe then ends
+        hang.start()
+        lines: list[str] = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                if line.startswith("Now edit "):
+                    break
+            running = proc.poll() is None
+            m = re.match(r"Now edit (\S+) ", lines[-1])
+            assert m, lines
+            exists = Path(m[1]).is_file()
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(60)
+        finally:
+            hang.cancel()
+    assert running and exists, lines
+    assert re.findall(r"^\[(\d)\] ", "\n".join(lines), re.M) == ["1", "2", "3", "4"]
+    assert code == 0
+
+
+def test_demo_no_wait_points_at_no_directory_it_deletes() -> None:
+    """`--no-wait`: no "edit me" and no "Now edit <file>" for a temp dir removed as it exits; its last line
+    says the dir is removed, and it is."""
+    done = _demo()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Now edit" not in done.stdout and "edit me" not in done.stdout, done.stdout
+    root = re.match(r"reload-sidecar demo in (\S+)\n", done.stdout)
+    assert root, done.stdout
+    assert done.stdout.splitlines()[-1] == f"--no-wait: done; {root[1]} is removed as the demo exits."
+    assert not Path(root[1]).exists()

@@ -11,7 +11,7 @@ target/  the sidecar's; in the tests marked "root", a tmpfs of a few MB (`mount 
   ..filler                     the test's own: takes every free block (tests.tmpfs.fill)
   app.yaml -> ..data/app.yaml  what the loopback app reads on each reload request
 
-Tests marked "root" fail with a PermissionError as non-root (as the fleet tests do); CI runs as root.
+Tests marked "root" fail with one line as non-root (tests/root.py, as the fleet tests do); CI runs as root.
 """
 
 from __future__ import annotations
