@@ -195,9 +195,9 @@ class RunningPod:
         """GET (or POST `data`) `url` from inside the pod's network namespace."""
         return in_netns(self.infra_pid, lambda: _fetch(url, data, context, timeout))
 
-    def answers(self, url: str) -> bool:
+    def answers(self, url: str, context: ssl.SSLContext | None = None) -> bool:
         try:
-            return 200 <= self.http(url, timeout=2)[0] < 300
+            return 200 <= self.http(url, context=context, timeout=2)[0] < 300
         except OSError:
             return False
 
