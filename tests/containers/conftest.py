@@ -28,5 +28,5 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     engine = Podman(env)
     ensure_images(engine)
     yield engine
-    if own:
-        engine("system", "reset", "--force", timeout=300, check=False)
+    if own:  # every test removed its own pods by id; the images are this session's alone
+        engine("rmi", "--all", "--force", timeout=300, check=False)
