@@ -110,8 +110,8 @@ def test_validate_runs_nginx_t_inside(podman: Podman, tmp_path: Path) -> None:
     broken = _nginx_config(tmp_path / "b", **{"default.conf": "server { listen 8080; bogus_directive on; }\n"})
     bad = _run(podman, IMAGES["nginx"], "validate", "/config", options=options, volumes=(f"{broken}:/config:ro",))
     assert bad.returncode == 1 and "bogus_directive" in bad.stdout + bad.stderr, bad
-    # Without a writable /tmp the checker cannot run (the sidecar stages the candidate there, nginx -t makes
-    # its temp paths there): the reason the manifest mounts one. A clear error, not a traceback.
+    # Without a writable /tmp, `validate DIR` cannot stage the candidate (it has no target dir to do it in):
+    # a clear error, not a traceback.
     no_tmp = _run(
         podman,
         IMAGES["nginx"],
