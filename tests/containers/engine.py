@@ -69,8 +69,11 @@ def engine_env(directory: Path) -> dict[str, str]:
     """
     directory.mkdir(parents=True, exist_ok=True)
     storage, conf = directory / "storage.conf", directory / "containers.conf"
+    # overlay cannot keep its upper layers on an overlayfs (CI inside a container, as ci.yml runs it): vfs.
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(directory)], capture_output=True, text=True, check=True)
+    driver = "vfs" if fs.stdout.strip() == "overlayfs" else "overlay"
     storage.write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{directory / "storage"}"\nrunroot = "{directory / "run"}"\n'
+        f'[storage]\ndriver = "{driver}"\ngraphroot = "{directory / "storage"}"\nrunroot = "{directory / "run"}"\n'
     )
     runtime = 'runtime = "runc"\n' if shutil.which("runc") else ""
     conf.write_text(
