@@ -11,7 +11,8 @@
 #   docker.io/nginxinc/nginx-unprivileged:1.27-bookworm  that + Debian's nginx (scripts/stand-ins/)
 #   docker.io/prom/prometheus:v2.53.0               that + Debian's prometheus and promtool
 #
-# PODMAN_BUILD_OPTS: extra `podman build` arguments (word-split), e.g. --network host.
+# The RUN steps use the host's network (apt reaches Debian's mirror as the host does); PODMAN_BUILD_OPTS:
+# extra `podman build` arguments (word-split).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ debian=docker.io/library/debian:bookworm-slim
 nginx=docker.io/nginxinc/nginx-unprivileged:1.27-bookworm
 prometheus=docker.io/prom/prometheus:v2.53.0
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-read -ra build_opts <<< "${PODMAN_BUILD_OPTS:-}"
+read -ra build_opts <<< "--network host ${PODMAN_BUILD_OPTS:-}"
 
 missing() { ! podman image exists "$1"; }
 
@@ -75,11 +76,28 @@ CFG
     trap - EXIT
     echo "stand-in $debian: $(podman image inspect --format '{{.Size}}' "$debian") bytes"
 fi
+# The two app stand-ins build side by side (apt's downloads and dpkg overlap); each one's output is shown
+# only if it fails.
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+pids=()
 if missing "$nginx"; then
-    podman build -q "${build_opts[@]}" -t "$nginx" -f scripts/stand-ins/nginx-unprivileged.Containerfile scripts/stand-ins
-    echo "stand-in $nginx: $(podman run --rm "$nginx" nginx -v 2>&1)"
+    podman build -q "${build_opts[@]}" -t "$nginx" -f scripts/stand-ins/nginx-unprivileged.Containerfile \
+        scripts/stand-ins > "$logs/nginx" 2>&1 &
+    pids+=($!)
 fi
 if missing "$prometheus"; then
-    podman build -q "${build_opts[@]}" -t "$prometheus" -f scripts/stand-ins/prometheus.Containerfile scripts/stand-ins
-    echo "stand-in $prometheus: $(podman run --rm --entrypoint /bin/prometheus "$prometheus" --version 2>&1 | head -1)"
+    podman build -q "${build_opts[@]}" -t "$prometheus" -f scripts/stand-ins/prometheus.Containerfile \
+        scripts/stand-ins > "$logs/prometheus" 2>&1 &
+    pids+=($!)
+fi
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+if [ "$failed" = 1 ]; then
+    cat "$logs"/* >&2
+    exit 1
+fi
+if [ ${#pids[@]} -gt 0 ]; then
+    echo "stand-in $nginx: $(podman run --rm --network none "$nginx" nginx -v 2>&1)"
+    echo "stand-in $prometheus: $(podman run --rm --network none --entrypoint /bin/prometheus "$prometheus" --version 2>&1 | head -1)"
 fi

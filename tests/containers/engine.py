@@ -268,17 +268,10 @@ def _volume_dirs(pod: Pod, root: Path, projected: Mapping[str, Path], stack: con
 
 
 @contextlib.contextmanager
-def run_pod(
-    podman: Podman,
-    pod: Pod,
-    root: Path,
-    projected: Mapping[str, Path],
-    *,
-    until: str | None = None,
-) -> Iterator[RunningPod]:
+def run_pod(podman: Podman, pod: Pod, root: Path, projected: Mapping[str, Path]) -> Iterator[RunningPod]:
     """Start `pod` as the kubelet would: init containers in order (a native sidecar held until its startup
-    probe answers), then the app containers; everything is removed at exit. `until`: stop after starting
-    that container (a test starts the rest itself with `start_rest`)."""
+    probe answers), then the app containers; the pod, its containers and tmpfs volumes are removed at exit.
+    `projected`: configMap/secret volume name -> the test's kubelet-style directory."""
     name = f"rs-{pod.name}-{os.urandom(3).hex()}"
     with contextlib.ExitStack() as stack:
         for path in projected.values():
@@ -286,22 +279,13 @@ def run_pod(
         paths = _volume_dirs(pod, root, projected, stack)
         pod_id = podman.out(*pod_create_args(pod, name))
         stack.callback(podman, "pod", "rm", "--force", "--time", "0", pod_id, check=False)
-        podman("pod", "start", pod_id)
+        podman("pod", "start", pod_id)  # the infra (pause) container: the pod's namespaces
         infra = podman.out("pod", "inspect", "--format", "{{.InfraContainerID}}", pod_id)
         infra_pid = int(podman.out("inspect", "--format", "{{.State.Pid}}", infra))
         running = RunningPod(podman, pod, name, infra_pid, paths)
         for container in pod.containers:
             _start(running, container.name)
-            if container.name == until:
-                break
         yield running
-
-
-def start_rest(running: RunningPod, after: str) -> None:
-    """Start the containers that follow `after` (see run_pod's `until`)."""
-    names = [c.name for c in running.pod.containers]
-    for name in names[names.index(after) + 1 :]:
-        _start(running, name)
 
 
 def _start(running: RunningPod, name: str) -> None:

@@ -12,8 +12,7 @@ import sidecar
 from tests.containers.engine import APP_IMAGES, IMAGES, REPO, Podman
 from tests.podspec import Container, pod_template, translate
 
-NGINX = yaml.safe_load_all((REPO / "manifests" / "nginx.yaml").read_text())
-_DOCS = list(NGINX)
+_DOCS = list(yaml.safe_load_all((REPO / "manifests" / "nginx.yaml").read_text()))
 SPEC = pod_template(_DOCS, "Deployment", "web")
 CONFIG: dict[str, str] = next(d for d in _DOCS if d and d["kind"] == "ConfigMap")["data"]
 
@@ -46,13 +45,14 @@ def _run(podman: Podman, image: str, *args: str, options: tuple[str, ...] = (), 
 
 
 def _security_options() -> tuple[str, ...]:
+    """The manifest sidecar's options without its env and restart policy: user, read-only root,
+    no-new-privileges, dropped capabilities, memory limit."""
     options = _sidecar().options
-    keep = ("--user", "--read-only", "--read-only-tmpfs=false", "--security-opt", "--cap-drop", "--memory")
     picked: list[str] = []
     for i, o in enumerate(options):
-        if o in keep and o.startswith("--read-only"):
+        if o.startswith("--read-only"):
             picked.append(o)
-        elif o in keep:
+        elif o in ("--user", "--security-opt", "--cap-drop", "--memory"):
             picked += [o, options[i + 1]]
     return tuple(picked)
 
