@@ -10,8 +10,8 @@ import pytest
 
 from tests.containers.engine import Podman, engine_env, ensure_images
 
-# The one allowed skip (README, "Tests"): without podman there is nothing to run the images with.
-NO_PODMAN = "podman is not installed: the container tests build and run the images with it (README, 'Tests')"
+# The one allowed skip (README, "Set-up"): without podman there is nothing to run the images with.
+NO_PODMAN = "podman is not installed: the container tests build and run the images with it (README, 'Set-up')"
 
 
 @pytest.fixture(scope="session")
