@@ -170,3 +170,28 @@ def test_prometheus_variant_has_the_apps_promtool(podman: Podman) -> None:
         return str(done.stdout + done.stderr).split("\n")[0].split(",")[1]
 
     assert version(IMAGES["prometheus"], "promtool") == version(APP_IMAGES["prometheus"], "/bin/promtool")
+
+
+_UNCOMPILED = """
+import importlib.util, os, sys, sysconfig
+roots = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]]
+missing = []
+for root in roots:
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ("test", "tests", "idle_test", "__pycache__")]
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(top, name)
+                if not os.path.exists(importlib.util.cache_from_source(path)):
+                    missing.append(path)
+print(len(missing), *missing[:5])
+"""
+
+
+@pytest.mark.parametrize("variant", sorted(IMAGES))
+def test_bytecode_is_in_the_image(podman: Podman, variant: str) -> None:
+    """Start-up on a read-only root reads bytecode and never compiles: every module of the standard library
+    and of the virtualenv has its .pyc, compiled at build time."""
+    done = _run(podman, IMAGES[variant], "-c", _UNCOMPILED, options=(*_security_options(), "--entrypoint", "python3"))
+    assert done.returncode == 0, done
+    assert done.stdout.split()[0] == "0", done.stdout
