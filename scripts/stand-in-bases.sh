@@ -2,7 +2,7 @@
 # Make local stand-ins for the base images the Dockerfiles and manifests name, where no image registry
 # can be reached (CI): from Debian's packages only, under the very names the Dockerfiles use, so that the
 # Dockerfiles build unchanged. podman only (root: debootstrap). What each stand-in differs in from the
-# real image: docs/deploying.md, "Stand-in base images".
+# real image: docs/deploying.md, "Built and run by CI".
 #
 #   scripts/stand-in-bases.sh    # makes each one that is missing from podman's storage; builds nothing else
 #
