@@ -103,7 +103,7 @@ def test_nginx_pod(podman: Podman, tmp_path: Path) -> None:
         running.wait_for(
             "sidecar ready again", lambda: running.answers("http://127.0.0.1:9533/readyz"), "reload-sidecar"
         )
-        assert _count(running, "recovered") >= 1
+        running.wait_for("recovered logged", lambda: _count(running, "recovered") >= 1, "reload-sidecar")
         assert (_count(running, "rolled_back"), _count(running, "promoted")) == (rolled, promoted)
         committed = _count(running, "committed")
         project(config, {**data, "default.conf": version.replace("version 1", "version 4")})
