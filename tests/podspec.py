@@ -21,6 +21,7 @@ translate it here, field by field, into what the kubelet would do:
     emptyDir (sizeLimit)                          a tmpfs of that size on the host, bind-mounted
     configMap / secret                            a host directory the test lays out kubelet-style
     startupProbe httpGet                          the next container starts once it answers 2xx
+    liveness, readiness httpGet                   their URLs, for the tests to check (nothing restarts)
 
 Anything else in a spec is refused with the field's name, so a manifest change that this translation
 cannot honour fails the test instead of being silently dropped. Pure functions; tests/containers/ runs
@@ -133,6 +134,7 @@ class Container:
     native_sidecar: bool  # an init container with restartPolicy: Always
     init: bool  # an init container that must exit 0 before the next one starts
     startup_url: str | None  # the startupProbe's URL inside the pod (None: started = ready)
+    probe_urls: tuple[tuple[str, str], ...] = ()  # (probe, URL) of every httpGet probe, startup included
 
 
 @dataclass(frozen=True)
@@ -252,18 +254,18 @@ def _resources(spec: Mapping[str, Any], name: str) -> list[str]:
     return options
 
 
-def _startup_url(spec: Mapping[str, Any], name: str) -> str | None:
-    probe = spec.get("startupProbe")
+def _probe_url(spec: Mapping[str, Any], name: str, kind: str = "startupProbe") -> str | None:
+    probe = spec.get(kind)
     if probe is None:
         return None
     http = probe.get("httpGet")
     if http is None:
-        raise ValueError(f"container {name}: only httpGet startup probes are translated")
+        raise ValueError(f"container {name}: only httpGet {kind}s are translated")
     port = http["port"]
     if isinstance(port, str):
         ports = {p["name"]: p["containerPort"] for p in spec.get("ports", []) if "name" in p}
         if port not in ports:
-            raise ValueError(f"container {name}: startupProbe port {port!r} is not a named port")
+            raise ValueError(f"container {name}: {kind} port {port!r} is not a named port")
         port = ports[port]
     scheme = http.get("scheme", "HTTP").lower()
     return f"{scheme}://{http.get('host', '127.0.0.1')}:{port}{http.get('path', '/')}"
@@ -296,7 +298,12 @@ def _container(
         arguments=tuple(spec.get("args", ())),
         native_sidecar=native,
         init=init and not native,
-        startup_url=_startup_url(spec, name),
+        startup_url=_probe_url(spec, name),
+        probe_urls=tuple(
+            (kind, url)
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe")
+            if (url := _probe_url(spec, name, kind)) is not None
+        ),
     )
 
 

@@ -42,6 +42,12 @@ def test_nginx_pod_as_the_manifest_wires_it() -> None:
     assert (sidecar.name, sidecar.native_sidecar, sidecar.init) == ("reload-sidecar", True, False)
     assert sidecar.startup_url == "http://127.0.0.1:9533/readyz"
     assert (nginx.name, nginx.native_sidecar, nginx.startup_url) == ("nginx", False, None)
+    assert sidecar.probe_urls == (
+        ("startupProbe", "http://127.0.0.1:9533/readyz"),
+        ("livenessProbe", "http://127.0.0.1:9533/healthz"),
+        ("readinessProbe", "http://127.0.0.1:9533/readyz"),
+    )
+    assert nginx.probe_urls == (("readinessProbe", "http://127.0.0.1:8080/healthz"),)
     assert sidecar.image == "ghcr.io/reload-sidecar/reload-sidecar-nginx:0.1.0"
     # Every env entry of the manifest, in order; fieldRef metadata.name is the pod's name.
     env = _option(sidecar.options, "--env")
@@ -131,7 +137,8 @@ def _minimal(**container: Any) -> dict[str, Any]:
         (_minimal(securityContext={"privileged": True}), "privileged not translated"),
         (_minimal(securityContext={"runAsNonRoot": True}), "runAsNonRoot without a non-zero runAsUser"),
         (_minimal(securityContext={"runAsNonRoot": True, "runAsUser": 0}), "runAsNonRoot without"),
-        (_minimal(startupProbe={"exec": {"command": ["true"]}}), "only httpGet startup probes"),
+        (_minimal(startupProbe={"exec": {"command": ["true"]}}), "only httpGet startupProbes"),
+        (_minimal(livenessProbe={"tcpSocket": {"port": 80}}), "only httpGet livenessProbes"),
         (_minimal(startupProbe={"httpGet": {"port": "web"}}), "'web' is not a named port"),
         (_minimal(volumeMounts=[{"name": "v", "mountPath": "/v"}]), "names no volume"),
         (_minimal(volumeMounts=[{"name": "v", "mountPath": "/v", "subPath": "x"}]), "subPath not translated"),

@@ -55,6 +55,10 @@ def test_nginx_pod(podman: Podman, tmp_path: Path) -> None:
         # The native sidecar was ready (first version live) before nginx was started.
         assert running.ready["reload-sidecar"] < running.started["nginx"]
         running.wait_for("nginx serves v1", lambda: running.answers("http://127.0.0.1:8080/healthz"), "nginx")
+        # Every probe the manifest declares answers 200 at the URL it names.
+        for container in pod.containers:
+            for kind, url in container.probe_urls:
+                assert running.http(url)[0] == 200, (container.name, kind, url)
         assert _body(running, "http://127.0.0.1:8080/") == "200 hello from version 1\n"
         master = running.pid("nginx")
 
@@ -132,6 +136,9 @@ def test_prometheus_pod(podman: Podman, tmp_path: Path) -> None:
             return str(loaded["global"]["scrape_interval"])
 
         assert interval() == "30s"
+        for container in pod.containers:
+            for kind, url in container.probe_urls:
+                assert running.http(url)[0] == 200, (container.name, kind, url)
         committed = _count(running, "committed")
         project(
             config, {"prometheus.yml": data["prometheus.yml"].replace("scrape_interval: 30s", "scrape_interval: 15s")}
@@ -175,6 +182,10 @@ def test_webhook_answers_admission_reviews_over_tls(podman: Podman, tmp_path: Pa
             return running.answers(f"{url}/healthz", context)
 
         running.wait_for("webhook up", up, "webhook")
+        probes = pod.container("webhook").probe_urls
+        assert [kind for kind, _ in probes] == ["livenessProbe", "readinessProbe"]
+        for kind, probe in probes:
+            assert running.http(probe, context=context)[0] == 200, (kind, probe)
 
         def answer(uid: str, data: dict[str, str]) -> dict[str, Any]:
             body = json.dumps(review(uid, profile="nginx", data=data)).encode()
