@@ -30,3 +30,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         elif item.path.is_relative_to(_CONTAINERS_DIR):
             item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.container)
+            # Hang protection only, but the first of them also waits for the session's image builds
+            # (debootstrap, stand-ins, three images: minutes), which the default 120 s does not cover.
+            item.add_marker(pytest.mark.timeout(1200))
