@@ -145,11 +145,20 @@ async def _stage(files: dict[str, bytes], parent: Path | None, deadline: float, 
     try:
         return work.result()
     except OSError as e:
-        where = parent if parent is not None else Path(tempfile.gettempdir())
+        where = parent if parent is not None else _system_temp_dir()
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             why = f"no space left on {where} to stage the candidate for the checker ({size} bytes)"
             raise StagingError(why) from e
         raise StagingError(f"cannot stage the candidate for the checker in {where}: {e.strerror or e}") from e
+
+
+def _system_temp_dir() -> str:
+    # Asked again here only to name it in the error: with no usable temp dir at all (a read-only root and
+    # no /tmp volume) gettempdir() raises the very error being reported.
+    try:
+        return tempfile.gettempdir()
+    except OSError:
+        return "the system temp dir (TMPDIR, /tmp, /var/tmp, /usr/tmp: none usable)"
 
 
 async def _abandon(work: asyncio.Future[tuple[Path, Path]], stop: threading.Event) -> None:

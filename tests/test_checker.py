@@ -398,6 +398,21 @@ async def test_no_space_to_stage_is_a_clear_error_and_leaves_nothing(tmp_path: P
         await _still_works(work)
 
 
+async def test_no_temp_dir_to_stage_in_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No work dir and no usable system temp dir (a read-only root without a /tmp volume, as the container
+    tests showed): `StagingError` naming what is missing. The old code crashed building that message
+    (it asked `tempfile.gettempdir()` again) and `validate` died with a FileNotFoundError traceback."""
+
+    def no_temp_dir() -> str:
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr("tempfile.gettempdir", no_temp_dir)
+    with pytest.raises(StagingError) as exc:
+        await run_command((PY, "-c", "pass", "{dir}"), {"a.conf": b"a"}, 10.0, None)
+    assert str(exc.value).startswith("cannot stage the candidate for the checker in the system temp dir")
+    assert "No usable temporary directory" in str(exc.value)
+
+
 # --- the real checkers under the limits ------------------------------------------------------------------
 
 

@@ -74,3 +74,19 @@ def test_the_images_build_with_the_constraints() -> None:
             for line in text.splitlines()
             if re.search(r"pip (wheel|install)", line) and "--no-index" not in line
         ), name
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """Each directory of sidecar/ with an __init__.py is a package the build includes (the images run the
+    wheel, not the source tree: sidecar.webhook was once missing from it)."""
+    import fnmatch
+
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sidecar").rglob("__init__.py")}
+    assert "sidecar.webhook" in packages
+    config = PYPROJECT["tool"]["setuptools"]
+    if "packages" in config and isinstance(config["packages"], list):
+        included = set(config["packages"])
+    else:
+        patterns = config["packages"]["find"]["include"]
+        included = {p for p in packages if any(fnmatch.fnmatchcase(p, pattern) for pattern in patterns)}
+    assert packages <= included, sorted(packages - included)
