@@ -480,10 +480,9 @@ class RestartTrigger(SignalTrigger):
             else:
                 after = _ticks()
                 t = time.monotonic()
-                try:
-                    killed = await self._end(old)
-                finally:  # the kubelet starts the next process after this at the earliest
-                    self._last_start = max(self._last_start or 0.0, _boottime())
+                killed = await self._end(old)
+                # It has exited: the kubelet starts the next process after this at the earliest.
+                self._last_start = max(self._last_start or 0.0, _boottime())
                 outcome = "killed" if killed else "restarted"
                 sent = f"{self.signum.name}{' then SIGKILL' if killed else ''}"
                 how = f"{sent} -> pid {old.pid}, gone after {time.monotonic() - t:.2f} s"
