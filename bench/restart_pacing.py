@@ -63,10 +63,11 @@ def conf(body: str) -> dict[str, str]:
 
 
 class Poller:
-    """GET / back to back in a thread: the time of every answer, to find the gaps."""
+    """GET / back to back in a thread: the time of every answer and of every failed attempt."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.answers, self._stop = url, list[tuple[float, str]](), threading.Event()
+        self.url, self.answers, self.failures = url, list[tuple[float, str]](), list[float]()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -77,6 +78,7 @@ class Poller:
                     self.answers.append((time.time(), resp.read().decode()))
                 time.sleep(0.005)
             except (OSError, http.client.HTTPException):
+                self.failures.append(time.time())
                 time.sleep(0.002)
 
     def stop(self) -> list[tuple[float, str]]:
@@ -84,11 +86,19 @@ class Poller:
         self._thread.join(5)
         return self.answers
 
-
-def downtime(answers: list[tuple[float, str]], gap_s: float = 0.1) -> float:
-    """Seconds without an answer: the sum of the gaps between answers longer than `gap_s`."""
-    times = [t for t, _ in answers]
-    return sum(b - a for a, b in zip(times, times[1:], strict=False) if b - a > gap_s)
+    def downtime(self, since: float) -> float:
+        """Seconds without an answer: from the last answer before a failed attempt to the next answer (a
+        pause of the poller itself, with no failure in it, is not downtime)."""
+        events = sorted([(t, True) for t, _ in self.answers if t >= since] + [(t, False) for t in self.failures])
+        down, last_ok, failing = 0.0, since, False
+        for t, ok in events:
+            if ok:
+                if failing:
+                    down += t - last_ok
+                last_ok, failing = t, False
+            else:
+                failing = True
+        return down
 
 
 def one_run(case: str, interval_s: float, scale: float) -> dict[str, Any]:
@@ -170,7 +180,7 @@ def one_run(case: str, interval_s: float, scale: float) -> dict[str, Any]:
             "promoted": promoted,
             "restarts": restarts,
             "backoff_s": backoff,
-            "down_s": downtime([(t, b) for t, b in answers if t >= began]),
+            "down_s": poller.downtime(began),
             "last_served_after_s": served - last_at,
             "span_s": served - began,
         }
