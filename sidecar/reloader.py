@@ -35,7 +35,7 @@ from .settings import Settings
 from .snapshot import Snapshot, SourceError, read_configured
 from .state import State, load_state, save_state, state_doc, write_state
 from .target import Target, blocking
-from .trigger import NotSignalled, Trigger, TriggerError
+from .trigger import NotSignalled, Trigger, TriggerError, pace
 from .validate import Checks, validate
 from .watch import changes
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # the stages that need aiohttp are imported when a Reloader i
     import aiohttp
 
     from .metrics import Metrics
-    from .stagger import Gate
+    from .stagger import Gate, GateAnswer
     from .verify import HealthCheck, Outcome
 
 __all__ = ["Reloader"]
@@ -311,13 +311,14 @@ class Reloader:
         return True
 
     async def _gate(self, v: str) -> bool:
-        """Wait for the stagger gate, unless a newer change arrives first (then this pass is dropped)."""
+        """Wait for the trigger's pacing (restarts), then the stagger gate, unless a newer change arrives
+        first (then this pass is dropped: only the newest version is promoted)."""
         delay = self.gate.delay(v)
         if delay > 0:
             log.info("staggered", delay_s=round(delay, 3))
         self.state.phase = "waiting"
         self.state.mark(v, "waiting")
-        gate = asyncio.ensure_future(self.gate.wait(v))
+        gate = asyncio.ensure_future(self._paced_gate(v))
         try:
             await _first(gate, self._wake.wait())
         finally:  # superseded, or this pass itself cancelled (shutdown): the gate's polling stops too
@@ -332,6 +333,10 @@ class Reloader:
             self._hold(v)
             return False
         return True
+
+    async def _paced_gate(self, v: str) -> GateAnswer:
+        await pace(self.trigger)
+        return await self.gate.wait(v)
 
     def _hold(self, v: str) -> None:
         self.state.phase = "held"

@@ -126,6 +126,10 @@ class Settings:
     restart_grace_s: float = 30.0
     # How long to wait for the app's new process; covers the kubelet's restart back-off (at most 300 s).
     restart_wait_s: float = 330.0
+    # At least this long between two restarts for new versions (not rollbacks); versions arriving meanwhile
+    # coalesce to the newest. 600 s: the kubelet forgets a container's restart back-off once it has run
+    # 10 minutes, so a paced restart never waits in CrashLoopBackOff (docs/restart.md). 0 = off.
+    restart_min_interval_s: float = 600.0
     # Verification after a reload (used by the verify stage).
     health_url: str = ""
     health_successes: int = 3
@@ -390,6 +394,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_RESTART_SIGNAL", "restart_signal", _signal_name),
     ("RELOAD_RESTART_GRACE_S", "restart_grace_s", _float(0, 3600)),
     ("RELOAD_RESTART_WAIT_S", "restart_wait_s", _float(1, 3600)),
+    ("RELOAD_RESTART_MIN_INTERVAL_S", "restart_min_interval_s", _float(0, 86400)),
     ("RELOAD_HEALTH_URL", "health_url", _url),
     ("RELOAD_HEALTH_SUCCESSES", "health_successes", _int(1, 1000)),
     ("RELOAD_HEALTH_INTERVAL_S", "health_interval_s", _float(0.01)),
@@ -598,7 +603,12 @@ def _restart_checks(p: _Parser, kw: dict[str, object]) -> None:
         if not (kw.get("process") or kw.get("pidfile")):
             p.problems.append("RELOAD_RESTART=true needs RELOAD_PROCESS or RELOAD_PIDFILE to find the app")
         return
-    for name in ("RELOAD_RESTART_SIGNAL", "RELOAD_RESTART_GRACE_S", "RELOAD_RESTART_WAIT_S"):
+    for name in (
+        "RELOAD_RESTART_SIGNAL",
+        "RELOAD_RESTART_GRACE_S",
+        "RELOAD_RESTART_WAIT_S",
+        "RELOAD_RESTART_MIN_INTERVAL_S",
+    ):
         already = any(problem.startswith(f"{name}=") for problem in p.problems)  # one line per mistake
         if p.environ.get(name, "").strip() and not already:
             p.problems.append(f"{name} is set without RELOAD_RESTART=true: the restart trigger is off")

@@ -13,14 +13,14 @@ import signal
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from .procfs import read_stat
+from .procfs import ProcStat, read_stat
 from .settings import Expect, Settings
 
 if TYPE_CHECKING:  # aiohttp is imported by HttpTrigger: `once` (an initContainer) and signal triggers run without it
@@ -41,6 +41,7 @@ __all__ = [
     "TriggerError",
     "find_processes",
     "make_trigger",
+    "pace",
     "read_pidfile",
 ]
 
@@ -369,8 +370,8 @@ START_SLACK_S = 0.1
 # After SIGKILL the process is gone within milliseconds unless the kernel is stuck (D state, NFS).
 KILL_WAIT_S = 10.0
 # The new process is looked for every 20 ms for its first 5 s (an app's usual start, where the latency
-# counts), then every 250 ms (the kubelet's back-off, where it does not).
-_POLL_FAST_S, _POLL_FAST_FOR_S, _POLL_SLOW_S = 0.02, 5.0, 0.25
+# counts), then every 50 ms (the kubelet's back-off: a crashing process must still be seen between looks).
+_POLL_FAST_S, _POLL_FAST_FOR_S, _POLL_SLOW_S = 0.02, 5.0, 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,13 +417,25 @@ class RestartTrigger(SignalTrigger):
         process: str = "",
         grace_s: float = 30.0,
         wait_s: float = 330.0,
+        min_interval_s: float = 0.0,
+        window_s: float | None = None,
         proc: Path = _PROC,
         state: State | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(signum, pidfile=pidfile, process=process, proc=proc)
         self.target_dir, self.grace_s, self.wait_s = target_dir, grace_s, wait_s
+        self.min_interval_s = min_interval_s
+        # How long a new process may run without being found by the lookup (e.g. a pidfile it never writes):
+        # the health window, None without a health check.
+        self.window_s = window_s
         self.state, self.metrics = state, metrics
+        # When the newest app process this trigger saw come up started (CLOCK_BOOTTIME seconds): pacing
+        # counts from there. None until the first restart of this sidecar's life.
+        self._last_start: float | None = None
+        # (parent pid, executable) of the app's process as last found: how a new process of the app is
+        # recognised before the lookup finds it (it may crash before it writes its pidfile).
+        self._identity: tuple[int, str] | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, state: State | None = None, metrics: Metrics | None = None) -> RestartTrigger:
@@ -433,9 +446,26 @@ class RestartTrigger(SignalTrigger):
             process=s.process,
             grace_s=s.restart_grace_s,
             wait_s=s.restart_wait_s,
+            min_interval_s=s.restart_min_interval_s,
+            window_s=s.health_timeout_s if s.health_url or s.health_metric_url else None,
             state=state,
             metrics=metrics,
         )
+
+    def pace_s(self) -> float:
+        """Seconds until a restart may be made: `RELOAD_RESTART_MIN_INTERVAL_S` after the start of the app
+        process the last restart brought up (0 when none was made in this sidecar's life)."""
+        if self._last_start is None or self.min_interval_s <= 0:
+            return 0.0
+        return max(0.0, self._last_start + self.min_interval_s - _boottime())
+
+    async def pace(self) -> None:
+        """Wait out the minimum interval between restarts (before a version is promoted; a newer version
+        arriving meanwhile cancels the wait, so only the newest is promoted). Rollbacks never wait for it."""
+        wait = self.pace_s()
+        if wait > 0:
+            _restart_log.info("restart_paced", wait_s=round(wait, 1), min_interval_s=self.min_interval_s)
+            await asyncio.sleep(wait)
 
     async def fire(self) -> str:
         began = time.monotonic()
@@ -450,7 +480,10 @@ class RestartTrigger(SignalTrigger):
         try:
             old = self._find()  # raises TriggerError for a target that can never be the app
             record["old_pid"] = old.pid if old else None
+            if old is not None:
+                self._identity = _identity(old.info)
             if old is not None and live_since is not None and old.info.started_wall() > live_since + START_SLACK_S:
+                self._came_up(old)
                 record.update(outcome="skipped", new_pid=old.pid)
                 _restart_log.info("app_restart_skipped", pid=old.pid, reason="it started after this version went live")
                 return f"pid {old.pid} started after this version went live: it read it, not restarted"
@@ -463,11 +496,14 @@ class RestartTrigger(SignalTrigger):
                 after = _ticks()
                 t = time.monotonic()
                 killed = await self._end(old)
+                # It has exited: the kubelet starts the next process after this at the earliest.
+                self._last_start = max(self._last_start or 0.0, _boottime())
                 outcome = "killed" if killed else "restarted"
                 sent = f"{self.signum.name}{' then SIGKILL' if killed else ''}"
                 how = f"{sent} -> pid {old.pid}, gone after {time.monotonic() - t:.2f} s"
             t = time.monotonic()
             new = await self._wait_new(old, after)
+            self._came_up(new)
             record.update(new_pid=new.pid, outcome=outcome)
             _restart_log.info(
                 "app_restarted",
@@ -483,6 +519,12 @@ class RestartTrigger(SignalTrigger):
         finally:
             record["duration_s"] = round(time.monotonic() - began, 3)
             self._record(record)
+
+    def _came_up(self, new: _Found) -> None:
+        """`new` is the app's process from now on: its start is the last restart, its identity the app's."""
+        started = new.info.started_ticks / os.sysconf("SC_CLK_TCK")
+        self._last_start = max(self._last_start or 0.0, started)
+        self._identity = _identity(new.info)
 
     def _record(self, record: dict[str, Any]) -> None:
         if self.state is not None:
@@ -588,12 +630,21 @@ class RestartTrigger(SignalTrigger):
         return True
 
     async def _wait_new(self, old: _Found | None, after: int) -> _Found:
-        """The app's new process: found by the same lookup, not `old`, started at or after tick `after`."""
+        """The app's new process: found by the same lookup, not `old`, started at or after tick `after`.
+
+        Meanwhile the processes that look like a new one of the app (`_sightings`) are watched: all of them
+        gone before the lookup found one is a crash at start (a pidfile the process never wrote, a name it
+        did not live long enough to be found by); one running longer than the health window without being
+        found never became the app. Either fails now rather than after `RELOAD_RESTART_WAIT_S`.
+        """
         loop = asyncio.get_running_loop()
         began = loop.time()
         deadline = began + self.wait_s
         last = f"no process found by {self._where()}"
+        seen: dict[int, tuple[int, float]] = {}  # pid -> (start tick, when first seen)
         while True:
+            for pid, start in self._sightings(old, after).items():
+                seen.setdefault(pid, (start, loop.time()))
             try:
                 found = self._find()
                 if found is None:
@@ -606,6 +657,7 @@ class RestartTrigger(SignalTrigger):
                     return found
             except TriggerError as e:  # e.g. a pidfile being written: looked at again
                 last = str(e)
+            self._judge(seen, loop.time())
             if loop.time() >= deadline:
                 raise TriggerError(
                     f"no new app process within {self.wait_s:g} s (RELOAD_RESTART_WAIT_S): {last}; is the "
@@ -613,10 +665,92 @@ class RestartTrigger(SignalTrigger):
                 )
             await asyncio.sleep(_POLL_FAST_S if loop.time() - began < _POLL_FAST_FOR_S else _POLL_SLOW_S)
 
+    def _sightings(self, old: _Found | None, after: int) -> dict[int, int]:
+        """pid -> start tick of each process that may be the app's new one: started at or after tick `after`,
+        not `old`, and named `RELOAD_PROCESS` (top-most), or else with the parent and executable the app's
+        process had when it was last found. Empty when neither is known."""
+        if self.process:
+            try:
+                pids = find_processes(self.process, self.proc)
+            except TriggerError:
+                return {}
+            stats = [read_stat(pid, self.proc) for pid in pids]
+        elif self._identity is not None:
+            stats = _children(self._identity[0], self.proc)
+        else:
+            return {}
+        out: dict[int, int] = {}
+        for st in stats:
+            if st is None or st.dead or st.start < after or (old is not None and st.pid == old.pid):
+                continue
+            if not self.process:
+                info = _read_proc(st.pid, self.proc)
+                if info is None or _identity(info) != self._identity:
+                    continue
+            out[st.pid] = st.start
+        return out
+
+    def _judge(self, seen: dict[int, tuple[int, float]], now: float) -> None:
+        """Raise `TriggerError` when the processes seen say the new version will not come up (see `_wait_new`)."""
+        if not seen:
+            return
+        alive = {pid: at for pid, (start, at) in seen.items() if _alive(pid, start, self.proc)}
+        if not alive:
+            pids = ", ".join(map(str, sorted(seen)))
+            _restart_log.warning("app_crashed", pids=sorted(seen), lookup=self._where())
+            raise TriggerError(
+                f"the app's new process exited before {self._where()} showed it (pid {pids}, "
+                f"{len(seen)} start(s) seen since the restart): does this version make it crash at start? "
+                "(kubectl logs --previous)"
+            )
+        pid, at = min(alive.items(), key=lambda item: item[1])
+        if self.window_s is not None and now - at > self.window_s:
+            raise TriggerError(
+                f"the app's new process (pid {pid}) has run {now - at:.1f} s, longer than the health window "
+                f"(RELOAD_HEALTH_TIMEOUT_S={self.window_s:g}), without {self._where()} showing it: does this "
+                "version keep it from starting?"
+            )
+
+
+def _identity(info: _Proc) -> tuple[int, str]:
+    """What a new process of the same container shares with the old one: its parent (the container runtime's
+    shim, outside the pod's PID namespace: 0) and its executable (its command name where the executable is
+    not readable: another UID's process)."""
+    return info.ppid, info.exe.removesuffix(" (deleted)") or f"comm:{info.comm}"
+
+
+def _children(ppid: int, proc: Path) -> list[ProcStat | None]:
+    """The stat of each process whose parent is `ppid` (not the sidecar or its ancestors)."""
+    me = {os.getpid(), *_ancestors(proc)}
+    try:
+        entries = [int(e.name) for e in proc.iterdir() if e.name.isascii() and e.name.isdigit()]
+    except OSError:
+        return []
+    stats = (read_stat(pid, proc) for pid in entries if pid not in me)
+    return [st for st in stats if st is not None and st.ppid == ppid]
+
+
+def _alive(pid: int, start: int, proc: Path) -> bool:
+    st = read_stat(pid, proc)
+    return st is not None and not st.dead and st.start == start
+
 
 def _dead(pid: int, proc: Path) -> bool:
     st = read_stat(pid, proc)
     return st is not None and st.dead
+
+
+def _boottime() -> float:
+    """Now on the clock /proc's start times count from (seconds since boot, suspend included)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+async def pace(trigger: object) -> None:
+    """Wait until `trigger` may act on a new version: the restart trigger's minimum interval between
+    restarts; every other trigger (or a wrapper without `pace`) acts at once."""
+    paced: Callable[[], Awaitable[None]] | None = getattr(trigger, "pace", None)
+    if paced is not None:
+        await paced()
 
 
 def _ticks(wall: float | None = None) -> int:

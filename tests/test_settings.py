@@ -49,6 +49,13 @@ VALID: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELOAD_RESTART_SIGNAL", "int", "restart_signal", signal.SIGINT, {"RELOAD_RESTART": "1", "RELOAD_PROCESS": "a"}),
     ("RELOAD_RESTART_GRACE_S", "0", "restart_grace_s", 0.0, {"RELOAD_RESTART": "yes", "RELOAD_PIDFILE": "/a.pid"}),
     ("RELOAD_RESTART_WAIT_S", "600", "restart_wait_s", 600.0, {"RELOAD_RESTART": "on", "RELOAD_PROCESS": "app"}),
+    (
+        "RELOAD_RESTART_MIN_INTERVAL_S",
+        "0",
+        "restart_min_interval_s",
+        0.0,
+        {"RELOAD_RESTART": "true", "RELOAD_PROCESS": "app"},
+    ),
     ("RELOAD_HEALTH_URL", "https://localhost:8443/healthz", "health_url", "https://localhost:8443/healthz", {}),
     ("RELOAD_HEALTH_SUCCESSES", "5", "health_successes", 5, {}),
     ("RELOAD_HEALTH_INTERVAL_S", "0.25", "health_interval_s", 0.25, {}),
@@ -121,6 +128,7 @@ INVALID: list[tuple[str, str, str]] = [
     ("RELOAD_RESTART_SIGNAL", "SIGNOPE", "signal name"),
     ("RELOAD_RESTART_GRACE_S", "-1", "[0, 3600]"),
     ("RELOAD_RESTART_WAIT_S", "0.5", "[1, 3600]"),
+    ("RELOAD_RESTART_MIN_INTERVAL_S", "-1", "[0, 86400]"),
     ("RELOAD_HEALTH_URL", "ftp://x/healthz", "http:// or https://"),
     ("RELOAD_HEALTH_SUCCESSES", "0", "[1, 1000]"),
     ("RELOAD_HEALTH_INTERVAL_S", "0", "[0.01, inf]"),
@@ -297,6 +305,7 @@ def test_require_dirs_false_still_reports_bad_values() -> None:
         ),
         ({"RELOAD_RESTART": "true"}, "RELOAD_RESTART=true needs RELOAD_PROCESS or RELOAD_PIDFILE"),
         ({"RELOAD_RESTART_GRACE_S": "5"}, "RELOAD_RESTART_GRACE_S is set without RELOAD_RESTART=true"),
+        ({"RELOAD_RESTART_MIN_INTERVAL_S": "60"}, "RELOAD_RESTART_MIN_INTERVAL_S is set without RELOAD_RESTART=true"),
         ({"RELOAD_RESTART": "false", "RELOAD_PROCESS": "app"}, "set without RELOAD_SIGNAL or RELOAD_RESTART"),
     ],
     ids=[
@@ -314,6 +323,7 @@ def test_require_dirs_false_still_reports_bad_values() -> None:
         "restart-and-url",
         "restart-without-target",
         "restart-detail-without-restart",
+        "restart-interval-without-restart",
         "restart-false-with-process",
     ],
 )

@@ -680,3 +680,66 @@ async def test_restart_waits_for_an_app_that_is_not_running(start_app: Callable[
     evidence = await asyncio.wait_for(fired, 20)
     assert f"new pid {app.pid}" in evidence and app.proc.poll() is None
     assert state.restart is not None and (state.restart["old_pid"], state.restart["new_pid"]) == (None, app.pid)
+
+
+def _spawn(*code: str) -> subprocess.Popen[bytes]:
+    """A child of this process running the same interpreter as the apps here: what a new process of the app's
+    container looks like (same parent, same executable) before it writes its pidfile."""
+    return subprocess.Popen([sys.executable, "-c", "; ".join(code)], stdin=subprocess.DEVNULL)
+
+
+async def test_restart_sees_the_new_process_crash_before_its_pidfile(
+    start_app: Callable[..., App], tmp_path: Path
+) -> None:
+    """After the old process ended, a new one of the app's (same parent and executable) starts and exits
+    without writing the pidfile: a crash at start, reported at once rather than after RELOAD_RESTART_WAIT_S."""
+    app = start_app()
+    trigger, state, metrics = _restart(tmp_path, app.pidfile, wait_s=300.0)
+    _swap(trigger.target_dir)
+    fired = asyncio.create_task(trigger.fire())
+    await asyncio.to_thread(app.proc.wait, 10)
+    crasher = await asyncio.to_thread(_spawn, "import time", "time.sleep(0.3)", "raise SystemExit(1)")
+    with pytest.raises(
+        TriggerError, match=rf"exited before pidfile .* \(pid {crasher.pid}, 1 start\(s\).*crash at start"
+    ):
+        await asyncio.wait_for(fired, 60)  # hang protection only: far below the 300 s wait
+    assert await asyncio.to_thread(crasher.wait, 10) == 1
+    assert state.restart is not None and state.restart["outcome"] == "failed"
+    assert metrics.restarts.labels("failed")._value.get() == 1
+
+
+async def test_restart_gives_a_new_process_the_health_window_to_show_up(
+    start_app: Callable[..., App], tmp_path: Path
+) -> None:
+    """A new process of the app's that runs but never writes its pidfile fails once it has run longer than the
+    health window (RELOAD_HEALTH_TIMEOUT_S), not after RELOAD_RESTART_WAIT_S."""
+    app = start_app()
+    trigger, state, _ = _restart(tmp_path, app.pidfile, wait_s=300.0, window_s=0.5)
+    _swap(trigger.target_dir)
+    fired = asyncio.create_task(trigger.fire())
+    await asyncio.to_thread(app.proc.wait, 10)
+    stuck = await asyncio.to_thread(_spawn, "import time", "time.sleep(60)")
+    try:
+        with pytest.raises(TriggerError, match=rf"pid {stuck.pid}\) has run .* longer than the health window"):
+            await asyncio.wait_for(fired, 60)
+    finally:
+        stuck.kill()
+        await asyncio.to_thread(stuck.wait, 10)
+    assert state.restart is not None and state.restart["outcome"] == "failed"
+
+
+async def test_restart_pacing_counts_from_the_new_process(start_app: Callable[..., App], tmp_path: Path) -> None:
+    """No pacing before this trigger's first restart; after it, `pace_s` is the minimum interval counted from
+    the new process's start, and `pace` waits it out (logging restart_paced)."""
+    app = start_app("old")
+    trigger, _, _ = _restart(tmp_path, app.pidfile, min_interval_s=1.0)
+    assert trigger.pace_s() == 0.0
+    _swap(trigger.target_dir)
+    fired = asyncio.create_task(trigger.fire())
+    await asyncio.to_thread(app.proc.wait, 10)
+    app.pidfile.unlink()  # stale; the new process writes it again
+    new = await asyncio.to_thread(start_app, "old")
+    assert f"new pid {new.pid}" in await asyncio.wait_for(fired, 20)
+    assert 0.0 < trigger.pace_s() <= 1.0
+    await asyncio.wait_for(trigger.pace(), 10)
+    assert trigger.pace_s() == 0.0

@@ -6,6 +6,8 @@ CONFIG (read once, at start; `key: value` lines):
   body:  what GET / answers
   health: ok | fail       GET /healthz answers 200 or 500
   term:  exit | ignore | slow:<s>   on SIGTERM: exit at once, ignore it (SIGKILL needed), or exit after <s>
+  crash: yes              exit with status 1 right after reading the config (before binding, before the
+                          pidfile): a version that makes the app crash at start
 
 It binds 127.0.0.1:PORT, then writes its pid to PIDFILE (temp file + rename), then serves. It prints one
 line `started <pid> <body>` to stdout when serving.
@@ -34,6 +36,8 @@ def main() -> None:
     config_path, pidfile, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     with open(config_path, encoding="utf-8") as f:
         config = _parse(f.read())
+    if config.get("crash") == "yes":
+        sys.exit(f"crashing at start: {config_path} says crash: yes")
     body = config.get("body", "").encode()
     healthy = config.get("health", "ok") == "ok"
     term = config.get("term", "exit")

@@ -1,10 +1,12 @@
 """The kubelet's part in a container restart, played in a test: start the app again whenever it exits.
 
-`restartPolicy: Always` with the kubelet's back-off, scaled down: the first exit in a while is restarted
-after `first_s` (the kubelet: at its next sync, about a second), a further exit within `reset_s` of the
-previous one waits `backoff_s`, doubling up to `max_backoff_s` (the kubelet: 10 s doubling to 300 s,
-forgotten after 10 minutes). The supervisor is a thread of the test
-process; it starts the app in a session of its own, reaps it, and ends only that process (by pid).
+`restartPolicy: Always` with the kubelet's back-off, scaled down: the first exit is restarted after
+`first_s` (the kubelet: at its next sync, about a second); a further exit of a process that ran less than
+`reset_s` waits `backoff_s`, doubling up to `max_backoff_s` (the kubelet: 10 s doubling to 300 s, forgotten
+once the container has run 10 minutes: `flowcontrol.Backoff`, reset after twice its cap). A process that
+ran `reset_s` or longer is restarted after `first_s` and the back-off starts over. The supervisor is a
+thread of the test process; it starts the app in a session of its own, reaps it, and ends only that
+process (by pid).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class Supervisor:
             code = proc.wait()
             now = time.time()
             self.lives[-1].ended, self.lives[-1].returncode = now, code
-            if last_exit is not None and now - last_exit < self.reset_s:
+            if last_exit is not None and now - self.lives[-1].started < self.reset_s:
                 backoff = min(backoff * 2 if backoff else self.backoff_s, self.max_backoff_s)
                 delay = backoff
             else:

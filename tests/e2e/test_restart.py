@@ -11,8 +11,10 @@ from __future__ import annotations
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,8 @@ HEALTH = {"RELOAD_HEALTH_SUCCESSES": "2", "RELOAD_HEALTH_INTERVAL_S": "0.1", "RE
 CHECKER = "import sys; sys.exit('refused by the checker' if 'refuse' in open(sys.argv[1]).read() else 0)"
 
 
-def conf(body: str, health: str = "ok", term: str = "exit") -> dict[str, str]:
-    return {"app.conf": f"body: {body}\nhealth: {health}\nterm: {term}\n"}
+def conf(body: str, health: str = "ok", term: str = "exit", crash: str = "no") -> dict[str, str]:
+    return {"app.conf": f"body: {body}\nhealth: {health}\nterm: {term}\ncrash: {crash}\n"}
 
 
 @dataclass
@@ -80,6 +82,7 @@ def start_pod(
         "RELOAD_RESTART": "true",
         "RELOAD_RESTART_GRACE_S": "5",
         "RELOAD_RESTART_WAIT_S": "30",
+        "RELOAD_RESTART_MIN_INTERVAL_S": "0",  # pacing has tests of its own
         "RELOAD_RESYNC_S": "0",
         "RELOAD_HEALTH_URL": f"http://127.0.0.1:{port}/healthz",
         **HEALTH,
@@ -220,3 +223,76 @@ def test_sigkill_of_the_sidecar_mid_restart_leaves_a_whole_version(tmp_path: Pat
     assert st["ready"] and pod.body() == "two" and pod.sup.starts == 2 and pod.sup.running()
     assert pod.restarts() in (["app_restart_skipped"], ["app_not_running", "app_restarted"]), pod.restarts()
     assert st["restart"]["new_pid"] == pod.sup.pid
+
+
+@pytest.mark.parametrize("lookup", ["pidfile", "name"])
+def test_version_that_crashes_the_app_at_start_is_rolled_back_without_waiting(
+    tmp_path: Path, pods: list[Pod], lookup: str
+) -> None:
+    """A version the app crashes on at start (it exits before it binds or writes its pidfile) while the
+    "kubelet" restarts it with back-off: the sidecar sees the new process exit, or its health never answer,
+    and rolls back long before RELOAD_RESTART_WAIT_S (300 s here; the test gives up after 90 s). The rollback's
+    restart is not paced (RELOAD_RESTART_MIN_INTERVAL_S at its default, 600 s): the app serves the good
+    version again, the bad one is quarantined saying why."""
+    pods.append(
+        pod := start_pod(
+            tmp_path,
+            conf("one"),
+            by_name=lookup == "name",
+            sup={"backoff_s": 0.5},
+            RELOAD_RESTART_WAIT_S="300",
+            RELOAD_RESTART_MIN_INTERVAL_S="600",
+        )
+    )
+    good = pod.car.status()["current"]
+    project(pod.volume, conf("broken", crash="yes"))
+    st = wait_for(
+        lambda: (s := pod.car.status())["quarantined"] and s["state"] == "idle" and s,
+        90,
+        what=f"the rollback; log: {pod.car.log_tail()}",
+    )
+    pod.serving("one")
+    [(bad, why)] = st["quarantined"].items()
+    assert st["current"] == st["last_good"] == good and st["ready"]
+    assert any(life.returncode == 1 for life in pod.sup.lives), pod.sup.lives  # it did crash
+    if lookup == "pidfile":  # never wrote its pidfile: the exit is what the sidecar saw
+        assert "exited" in why["reason"] and "crash at start" in why["reason"], why
+    else:  # found by name: the exit, or health that never answered within RELOAD_HEALTH_TIMEOUT_S
+        assert "exited" in why["reason"] or "not healthy" in why["reason"], why
+    order = [
+        e["event"]
+        for e in pod.car.events()
+        if e["event"] in ("app_restarting", "rolling_back", "restart_paced", "verified", "rolled_back")
+    ]
+    assert order == ["app_restarting", "rolling_back", "verified", "rolled_back"] or order == [
+        "app_restarting",
+        "rolling_back",
+        "app_restarting",
+        "verified",
+        "rolled_back",
+    ], order  # the rollback's restart (if a crashing process was there to end) is not paced
+    assert pod.car.events("rolled_back")[0]["version"] == bad
+    assert live_files(pod.target) == {"app.conf": conf("one")["app.conf"].encode()}
+
+
+def test_quick_versions_are_paced_and_coalesce_to_the_newest(tmp_path: Path, pods: list[Pod]) -> None:
+    """10 versions 0.3 s apart with RELOAD_RESTART_MIN_INTERVAL_S=10: the first restarts the app at once; the
+    others wait for the interval, each superseding the one before, so only the newest is promoted and restarts
+    the app: two restarts, the second at least the interval after the first new process started."""
+    pods.append(pod := start_pod(tmp_path, conf("v0"), sup={"backoff_s": 0.5}, RELOAD_RESTART_MIN_INTERVAL_S="10"))
+    for i in range(1, 11):
+        project(pod.volume, conf(f"v{i}"))
+        time.sleep(0.3)
+    pod.serving("v10")
+    st = pod.settled()
+    assert pod.body() == "v10" and st["ready"]
+    restarting = pod.car.events("app_restarting")
+    assert len(restarting) == 2, [(e["timestamp"], e.get("version")) for e in restarting]
+    assert pod.sup.starts == 3, pod.sup.lives
+    # The interval counts from the start of the process the first restart brought up (the supervisor's
+    # Popen returns after that start, hence the 0.5 s: load only makes the gap longer).
+    second = datetime.fromisoformat(restarting[1]["timestamp"]).timestamp()
+    assert second - pod.sup.lives[1].started >= 10 - 0.5, (restarting, pod.sup.lives)
+    assert pod.car.events("restart_paced"), pod.car.log_tail()
+    promoted = [e["version"] for e in pod.car.events("promoted")]
+    assert len(promoted) == 3 and promoted[-1] == st["current"], promoted  # the first, one quick one, the newest
