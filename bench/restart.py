@@ -65,10 +65,12 @@ def conf(body: str, healthy: bool = True) -> dict[str, str]:
 
 
 class Poller:
-    """GET / back to back in a thread: (time, body) of every answer."""
+    """GET / back to back in a thread: (time, body) of every answer, and the time of every failed attempt."""
 
-    def __init__(self, url: str) -> None:
-        self.url, self.answers, self._stop = url, list[tuple[float, str]](), threading.Event()
+    def __init__(self, url: str, pause_s: float = 0.0) -> None:
+        self.url, self.pause_s = url, pause_s
+        self.answers, self.failures = list[tuple[float, str]](), list[float]()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -77,13 +79,38 @@ class Poller:
             try:
                 with urllib.request.urlopen(self.url, timeout=1) as resp:
                     self.answers.append((time.time(), resp.read().decode()))
+                if self.pause_s:
+                    time.sleep(self.pause_s)
             except (OSError, http.client.HTTPException):
+                self.failures.append(time.time())
                 time.sleep(0.001)  # the old process ended mid-answer, or the new one is not bound yet
 
     def stop(self) -> list[tuple[float, str]]:
         self._stop.set()
         self._thread.join(5)
         return self.answers
+
+
+def start_sidecar(stack: contextlib.ExitStack, env: dict[str, str], log_path: Path, listen: int) -> None:
+    """The sidecar as a process of its own session (SIGKILLed with its children when `stack` closes),
+    waited for until /readyz answers 200."""
+    with open(log_path, "wb") as out:
+        car = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    def stop_sidecar() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(car.pid, signal.SIGKILL)
+        car.wait()
+
+    stack.callback(stop_sidecar)
+    wait(lambda: http_get(f"http://127.0.0.1:{listen}/readyz")[0] == 200, 30, "sidecar /readyz 200")
 
 
 def one_good(i: int, volume: Path, url: str, log: Log) -> dict[str, float]:
@@ -182,23 +209,7 @@ def main() -> int:
             RELOAD_RESTART_MIN_INTERVAL_S="0",  # no back-off to pace against here: bench/restart_pacing.py
             RELOAD_HEALTH_URL=f"http://127.0.0.1:{port}/healthz",
         )
-        with open(tmp / "sidecar.log", "wb") as out:
-            car = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "run"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                start_new_session=True,
-            )
-
-        def stop_sidecar() -> None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(car.pid, signal.SIGKILL)
-            car.wait()
-
-        stack.callback(stop_sidecar)
-        wait(lambda: http_get(f"http://127.0.0.1:{listen}/readyz")[0] == 200, 30, "sidecar /readyz 200")
+        start_sidecar(stack, env, tmp / "sidecar.log", listen)
         argv = [sys.executable, str(APP), str(target / "app.conf"), str(pidfile), str(port)]
         sup = Supervisor(argv, tmp / "app.log").start()
         stack.callback(sup.stop)

@@ -28,16 +28,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +44,7 @@ from tests.e2e.supervisor import Supervisor  # noqa: E402
 from tests.kubelet import project  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from restart import Poller, start_sidecar  # noqa: E402 - the app poller and sidecar start of the restart bench
 from rollback import Log, wait  # noqa: E402 - the sidecar log reader and poll loop the rollback bench uses
 
 APP = ROOT / "tests" / "e2e" / "config_app.py"
@@ -62,43 +58,19 @@ def conf(body: str) -> dict[str, str]:
     return {"app.conf": f"body: {body}\nhealth: ok\n"}
 
 
-class Poller:
-    """GET / back to back in a thread: the time of every answer and of every failed attempt."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.answers, self.failures = url, list[tuple[float, str]](), list[float]()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=1) as resp:
-                    self.answers.append((time.time(), resp.read().decode()))
-                time.sleep(0.005)
-            except (OSError, http.client.HTTPException):
-                self.failures.append(time.time())
-                time.sleep(0.002)
-
-    def stop(self) -> list[tuple[float, str]]:
-        self._stop.set()
-        self._thread.join(5)
-        return self.answers
-
-    def downtime(self, since: float) -> float:
-        """Seconds without an answer: from the last answer before a failed attempt to the next answer (a
-        pause of the poller itself, with no failure in it, is not downtime)."""
-        events = sorted([(t, True) for t, _ in self.answers if t >= since] + [(t, False) for t in self.failures])
-        down, last_ok, failing = 0.0, since, False
-        for t, ok in events:
-            if ok:
-                if failing:
-                    down += t - last_ok
-                last_ok, failing = t, False
-            else:
-                failing = True
-        return down
+def downtime(poller: Poller, since: float) -> float:
+    """Seconds without an answer: from the last answer before a failed attempt to the next answer (a
+    pause of the poller itself, with no failure in it, is not downtime)."""
+    events = sorted([(t, True) for t, _ in poller.answers if t >= since] + [(t, False) for t in poller.failures])
+    down, last_ok, failing = 0.0, since, False
+    for t, ok in events:
+        if ok:
+            if failing:
+                down += t - last_ok
+            last_ok, failing = t, False
+        else:
+            failing = True
+    return down
 
 
 def one_run(case: str, interval_s: float, scale: float) -> dict[str, Any]:
@@ -124,30 +96,14 @@ def one_run(case: str, interval_s: float, scale: float) -> dict[str, Any]:
             RELOAD_HEALTH_INTERVAL_S="0.1",
             RELOAD_HEALTH_TIMEOUT_S="10",
         )
-        with open(tmp / "sidecar.log", "wb") as out:
-            car = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "run"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                start_new_session=True,
-            )
-
-        def stop_sidecar() -> None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(car.pid, signal.SIGKILL)
-            car.wait()
-
-        stack.callback(stop_sidecar)
+        start_sidecar(stack, env, tmp / "sidecar.log", listen)
         status_url = f"http://127.0.0.1:{listen}/status"
-        wait(lambda: http_get(f"http://127.0.0.1:{listen}/readyz")[0] == 200, 30, "sidecar /readyz 200")
         argv = [sys.executable, str(APP), str(target / "app.conf"), str(pidfile), str(port)]
         sup = Supervisor(argv, tmp / "app.log", **{k: v * scale for k, v in KUBELET.items()}).start()
         stack.callback(sup.stop)
         url = f"http://127.0.0.1:{port}/"
         wait(lambda: http_get(url)[1] == "v0", 30, "the app serving")
-        poller = Poller(url)
+        poller = Poller(url, pause_s=0.005)
         began = time.time()
         for i, at in enumerate(CASES[case], start=1):
             time.sleep(max(0.0, began + at * scale - time.time()))
@@ -180,7 +136,7 @@ def one_run(case: str, interval_s: float, scale: float) -> dict[str, Any]:
             "promoted": promoted,
             "restarts": restarts,
             "backoff_s": backoff,
-            "down_s": poller.downtime(began),
+            "down_s": downtime(poller, began),
             "last_served_after_s": served - last_at,
             "span_s": served - began,
         }
