@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # aiohttp is imported by HttpTrigger: `once` (an initContaine
     from .state import State
 
 __all__ = [
+    "AppRefused",
     "HttpTrigger",
     "NoTrigger",
     "RestartTrigger",
@@ -45,6 +46,10 @@ __all__ = [
 
 class TriggerError(RuntimeError):
     """The app was not told to reload; the message says what to check."""
+
+
+class AppRefused(TriggerError):
+    """The app answered the reload request with a refusal (an HTTP status not expected): final, never retried."""
 
 
 class Trigger(Protocol):
@@ -65,7 +70,11 @@ class NoTrigger:
 
 
 class HttpTrigger:
-    """HTTP reload with a timeout per attempt, retries with exponential backoff and expected statuses."""
+    """HTTP reload with a timeout per attempt and expected statuses.
+
+    Any answer that is not expected (a 4xx or 5xx) is the app's refusal and final: a retry would apply the
+    refused version again. Only a connection error or a time-out (no answer) is retried, with backoff.
+    """
 
     method = "http"
 
@@ -99,17 +108,19 @@ class HttpTrigger:
                     body = (await resp.content.read(300)).decode("utf-8", "replace").strip()
                     if self.expect.accepts(resp.status):
                         return f"HTTP {resp.status}"
-                    seen.append(f"HTTP {resp.status} {body[:120]!r}".rstrip())
-                    if resp.status in (404, 405, 403):
-                        break  # a wrong URL or a disabled endpoint does not get better with retries
+                    seen.append(f"HTTP {resp.status} {body[:200]!r}".rstrip())
+                    break
             except TimeoutError:
                 seen.append(f"no answer within {self.timeout.total:g} s")
             except aiohttp.ClientError as e:
                 seen.append(f"{type(e).__name__}: {e}")
         hint = ""
-        if any(s.startswith(("HTTP 403", "HTTP 404", "HTTP 405")) for s in seen):
+        if seen[-1].startswith(("HTTP 403", "HTTP 404", "HTTP 405")):
             hint = " (is the reload endpoint enabled? e.g. Prometheus needs --web.enable-lifecycle)"
-        raise TriggerError(f"{self.verb} {self.url} failed after {len(seen)} attempt(s): {'; '.join(seen)}{hint}")
+        message = f"{self.verb} {self.url} failed after {len(seen)} attempt(s): {'; '.join(seen)}{hint}"
+        if seen[-1].startswith("HTTP "):
+            raise AppRefused(message)
+        raise TriggerError(message)
 
 
 # The kernel's PID_MAX_LIMIT on 64-bit: no pid is larger, whatever kernel.pid_max says.
