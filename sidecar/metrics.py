@@ -28,7 +28,10 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         add_process_metrics(r)
         self.reloads = Counter(
-            "reload_sidecar_reloads", "App reloads by result (success, failed, rolled_back).", ["result"], registry=r
+            "reload_sidecar_reloads",
+            "App reloads by result (success, failed, rolled_back, unconfirmed).",
+            ["result"],
+            registry=r,
         )
         self.validation_failures = Counter(
             "reload_sidecar_validation_failures",
@@ -77,7 +80,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        for result in ("success", "failed", "rolled_back"):
+        self.proofs = Counter(
+            "reload_sidecar_proofs",
+            "Proofs of load by kind and result (proven, refused, unconfirmed, failed).",
+            ["kind", "result"],
+            registry=r,
+        )
+        for result in ("success", "failed", "rolled_back", "unconfirmed"):
             self.reloads.labels(result)
         for outcome in ("restarted", "killed", "failed"):
             self.restarts.labels(outcome)
