@@ -171,9 +171,8 @@ class WorkersProof:
                 return Proven("proven", f"{len(live)} new worker(s) {ms:.0f} ms after {answer}", self.kind)
             if read_stat(master, self.proc) is None:
                 return Proven("refused", f"pid {master} exited after {answer}", self.kind)
-            final = self.log.final_error() if self.log is not None else None
-            if final:
-                return Proven("refused", f"no new workers after {answer}; the app logged: {final}", self.kind)
+            if self.log is not None and self.log.final_error():  # its lines are added as the reason
+                return Proven("refused", f"no new workers after {answer}, and the app logged an error", self.kind)
             if time.monotonic() >= deadline:
                 return Proven(
                     "refused",
@@ -307,15 +306,14 @@ class AppLog:
             return []
         return data.decode("utf-8", "replace").splitlines()
 
-    def final_error(self) -> str | None:
-        """The app's last final refusal line since `mark` (None when it logged none)."""
-        lines = [line for line in self._new_lines() if _REFUSAL.search(line) and not _RETRIED.search(line)]
-        return lines[-1].strip()[:400] if lines else None
+    def final_error(self) -> bool:
+        """Has the app logged a final refusal since `mark` (not one it retries)?"""
+        return any(_REFUSAL.search(line) and not _RETRIED.search(line) for line in self._new_lines())
 
     def reason(self) -> str | None:
-        """The app's last error lines since `mark` (final or not), for a quarantine reason."""
-        lines = [line.strip() for line in self._new_lines() if _REFUSAL.search(line)]
-        return " | ".join(lines[-2:])[:600] if lines else None
+        """The app's first error lines since `mark` (the first names the cause; later ones sum up)."""
+        lines = list(dict.fromkeys(line.strip() for line in self._new_lines() if _REFUSAL.search(line)))
+        return " | ".join(lines[:3])[:700] if lines else None
 
 
 async def fire_and_prove(trigger: Trigger, proof: Proof, log: AppLog | None = None) -> Proven:
@@ -419,7 +417,9 @@ class Judge:
         state.step(v, "signalled", proven.answer or self.trigger.method)
         state.step(v, proven.result, proven.evidence)
         if proven.result == "refused":
-            _log.error("reload_refused", method=self.trigger.method, proof=proven.kind, reason=proven.evidence)
+            _log.error(
+                "reload_failed", method=self.trigger.method, result="refused", proof=proven.kind, error=proven.evidence
+            )
             return "proof", proven.evidence
         event = "reload_proven" if proven.result == "proven" else "reload_unconfirmed"
         _log.log(20 if proven.result == "proven" else 30, event, proof=proven.kind, evidence=proven.evidence)

@@ -547,9 +547,9 @@ class Reloader:
             return
         self.metrics.reloads.labels("rolled_back").inc()
         state.step(good, "rolled_back", f"from {bad}: {reason}"[:500])
+        await self._persist(wait=False, note=False)
         self._set_ready(True)
         state.phase = "idle"
-        await self._persist(wait=False, note=False)
         log.warning("rolled_back", version=bad, to=good, reason=reason)
 
     async def _discard(self, bad: str) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "App",
     "alertmanager_bin",
     "alertmanager_yml",
+    "amtool_bin",
     "haproxy_bin",
     "haproxy_cfg",
     "metric",
@@ -108,6 +109,13 @@ def alertmanager_bin() -> str:
     found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     if not found:
         raise AppError("prometheus-alertmanager not found (Debian package prometheus-alertmanager)")
+    return found
+
+
+def amtool_bin() -> str:
+    found = shutil.which("amtool")
+    if not found:
+        raise AppError("amtool not found (Debian package prometheus-alertmanager)")
     return found
 
 

@@ -4,8 +4,9 @@ reason, and the last good version stays; the next good version goes through. 20 
 give no false rollback.
 
 Cases (docs/proof.md): nginx (SIGHUP, `workers` proof) with a `listen` on a port another process holds
-and an `include` the app cannot read; Prometheus on SIGHUP (`metric` proof) and on POST /-/reload
-(`http` proof) with an unreadable rule file; a reload URL answering 500 is asked exactly once.
+and an `include` the app cannot read; HAProxy -W (SIGUSR2, `workers`) with a busy `bind` and an
+unreadable `errorfile`; Prometheus and Alertmanager on SIGHUP (`metric` proof) and on POST /-/reload
+(`http` proof) with an unreadable rule file / template; a reload URL answering 500 is asked exactly once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ import pytest
 
 from sidecar.snapshot import read_snapshot
 from tests.e2e.apps import free_port, nginx_bin, nginx_conf, prometheus_yml, promtool_bin
-from tests.e2e.proof_apps import App, start_nginx_no_dac, start_prometheus_no_dac, unreadable
+from tests.e2e.proof_apps import (
+    App,
+    alertmanager_yml,
+    amtool_bin,
+    haproxy_bin,
+    haproxy_cfg,
+    start_alertmanager,
+    start_haproxy,
+    start_nginx_no_dac,
+    start_prometheus_no_dac,
+    unreadable,
+)
 from tests.e2e.sidecar_proc import Sidecar, running, wait_for
 from tests.kubelet import project
 
@@ -252,3 +264,126 @@ def _reload_posts(prom: App) -> float:
     return total
 
 
+# --- HAProxy -W: SIGUSR2 to the master, proven by its new worker --------------------------------------------
+
+
+@contextmanager
+def haproxy_pod(tmp_path: Path, port: int) -> Iterator[tuple[Sidecar, App, Path, str]]:
+    workdir, volume, target = tmp_path / "haproxy", tmp_path / "volume", tmp_path / "target"
+    workdir.mkdir(parents=True)
+    env = {
+        "RELOAD_VALIDATE_COMMAND": f"{haproxy_bin()} -c -q -f {{dir}}/haproxy.cfg",
+        "RELOAD_SIGNAL": "SIGUSR2",
+        "RELOAD_PIDFILE": str(workdir / "haproxy.pid"),
+        "RELOAD_PROOF": "workers",
+        "RELOAD_APP_ERROR_LOG": str(workdir / "haproxy.out"),
+        "RELOAD_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+        **FAST_HEALTH,
+    }
+    first = apply(volume, "haproxy.cfg", haproxy_cfg(port, "v1"))
+    with running(volume, target, tmp_path, **env) as car:
+        car.wait_current(first)
+        with start_haproxy(workdir, target / "haproxy.cfg", port) as hap:
+            yield car, hap, volume, first
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("case", ["busy-bind", "unreadable-errorfile"])
+def test_haproxy_refused_at_reload_is_rolled_back_at_once(tmp_path: Path, case: str) -> None:
+    """`haproxy -c` passes the version; the master's reload fails ("Loading failure!") and the old worker
+    serves on: never committed, rolled back, quarantined with HAProxy's [ALERT] line."""
+    port = free_port()
+    with socket.socket() as held, haproxy_pod(tmp_path, port) as (car, hap, volume, good):
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        if case == "busy-bind":
+            conf = haproxy_cfg(port, "v2", extra=f"    bind 127.0.0.1:{held.getsockname()[1]}\n")
+            words: tuple[str, ...] = ("cannot bind socket", "Address already in use")
+        else:
+            page = unreadable(tmp_path / "503.http", "HTTP/1.0 503 Service Unavailable\r\n\r\nbusy\n")
+            conf, words = haproxy_cfg(port, "v2", errorfile=str(page)), ("errorfile", "error opening file")
+        bad = apply(volume, "haproxy.cfg", conf)
+        st = wait_settled(car, bad, "the refused version quarantined")
+        assert_refused(car, st, good, bad, *words)
+        assert "[ALERT]" in st["quarantined"][bad]["reason"]
+        wait_for(lambda: hap.get("/") == (200, "v1"), what="the old worker serving v1")
+
+        fixed = apply(volume, "haproxy.cfg", haproxy_cfg(port, "v3"))
+        st = wait_settled(car, fixed, "the next good version committed")
+        assert st["last_good"] == fixed and "new worker" in st["versions"][fixed]["proof"]
+        wait_for(lambda: hap.get("/") == (200, "v3"), what="HAProxy serving v3")
+
+
+@pytest.mark.timeout(240)
+def test_haproxy_twenty_good_versions_no_false_rollback(tmp_path: Path) -> None:
+    port = free_port()
+    with haproxy_pod(tmp_path, port) as (car, hap, volume, _):
+        good_versions_in_a_row(car, volume, "haproxy.cfg", lambda body: haproxy_cfg(port, body))
+        wait_for(lambda: hap.get("/") == (200, "good-19"), what="HAProxy serving the last version")
+
+
+# --- Alertmanager: SIGHUP proven by its reload metric, POST /-/reload by its answer -------------------------
+
+
+@contextmanager
+def alertmanager_pod(tmp_path: Path, port: int, how: str) -> Iterator[tuple[Sidecar, App, Path, str]]:
+    workdir, volume, target = tmp_path / "am", tmp_path / "volume", tmp_path / "target"
+    workdir.mkdir(parents=True)
+    url = f"http://127.0.0.1:{port}"
+    trigger = (
+        {
+            "RELOAD_SIGNAL": "SIGHUP",
+            "RELOAD_PIDFILE": str(workdir / "am.pid"),
+            "RELOAD_PROOF_METRIC": "alertmanager_config",
+        }
+        if how == "signal"
+        else {"RELOAD_RELOAD_URL": f"{url}/-/reload"}
+    )
+    env = {
+        "RELOAD_VALIDATE_COMMAND": f"{amtool_bin()} check-config {{dir}}/alertmanager.yml",
+        **trigger,
+        "RELOAD_PROOF_URL": f"{url}/metrics",
+        "RELOAD_HEALTH_URL": f"{url}/-/healthy",
+        **FAST_HEALTH,
+    }
+    first = apply(volume, "alertmanager.yml", alertmanager_yml("r-1"))
+    with running(volume, target, tmp_path, **env) as car:
+        car.wait_current(first)
+        with start_alertmanager(workdir, target / "alertmanager.yml", port) as am:
+            yield car, am, volume, first
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("how", ["signal", "http"])
+def test_alertmanager_refused_template_is_rolled_back(tmp_path: Path, how: str) -> None:
+    """amtool reads the template, Alertmanager cannot: its reload metric turns 0 (SIGHUP) or POST answers
+    500 (asked once). Never committed, rolled back, the next good version goes through."""
+    port = free_port()
+    with alertmanager_pod(tmp_path, port, how) as (car, am, volume, good):
+        tmpl = unreadable(tmp_path / "x.tmpl", '{{ define "x" }}x{{ end }}\n')
+        bad = apply(volume, "alertmanager.yml", alertmanager_yml("r-2", str(tmpl)))
+        st = wait_settled(car, bad, "the refused version quarantined")
+        assert_refused(car, st, good, bad, "turned 0", "HTTP 500")
+        kind = "metric" if how == "signal" else "http"
+        assert car.metrics()[f'reload_sidecar_proofs_total{{kind="{kind}",result="refused"}}'] == 1.0
+
+        fixed = apply(volume, "alertmanager.yml", alertmanager_yml("r-3"))
+        st = wait_settled(car, fixed, "the next good version committed")
+        assert st["last_good"] == fixed and "r-3" in _am_config(am)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["signal", "http"])
+def test_alertmanager_twenty_good_versions_no_false_rollback(tmp_path: Path, how: str) -> None:
+    port = free_port()
+    with alertmanager_pod(tmp_path, port, how) as (car, am, volume, _):
+        good_versions_in_a_row(car, volume, "alertmanager.yml", alertmanager_yml)
+        assert "good-19" in _am_config(am)
+
+
+def _am_config(am: App) -> str:
+    import json
+
+    status, body = am.get("/api/v2/status")
+    assert status == 200, body
+    return str(json.loads(body)["config"]["original"])
