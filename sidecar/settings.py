@@ -601,11 +601,13 @@ def _cross_checks(p: _Parser, kw: dict[str, object]) -> None:
 
 
 def _proof_checks(p: _Parser, kw: dict[str, object]) -> None:
-    """An explicit proof kind needs its trigger (or its metric); the metric proof needs a URL to read."""
+    """An explicit proof kind needs its trigger (or its metric); the metric proof needs a URL to read.
+    With no trigger at all the proof is `none` whatever it says (an image's default must not stop `once`)."""
     proof = kw.get("proof", "auto")
     needs = {"workers": ("signal", "RELOAD_SIGNAL"), "http": ("reload_url", "RELOAD_RELOAD_URL")}
     needs |= {"process": ("restart", "RELOAD_RESTART=true")}
-    if proof in needs and not kw.get(needs[str(proof)][0]):
+    triggered = any(kw.get(k) for k in ("signal", "reload_url", "restart"))  # no trigger: the proof is none
+    if proof in needs and triggered and not kw.get(needs[str(proof)][0]):
         p.problems.append(f"RELOAD_PROOF={proof} needs {needs[str(proof)][1]} (its evidence comes from that trigger)")
     if proof == "metric" and not kw.get("proof_metric"):
         p.problems.append("RELOAD_PROOF=metric needs RELOAD_PROOF_METRIC (e.g. prometheus_config)")

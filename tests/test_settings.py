@@ -312,9 +312,9 @@ def test_require_dirs_false_still_reports_bad_values() -> None:
             "RELOAD_RESTART=true and RELOAD_RELOAD_URL are both set: choose one trigger",
         ),
         ({"RELOAD_RESTART": "true"}, "RELOAD_RESTART=true needs RELOAD_PROCESS or RELOAD_PIDFILE"),
-        ({"RELOAD_PROOF": "workers"}, "RELOAD_PROOF=workers needs RELOAD_SIGNAL"),
-        ({"RELOAD_PROOF": "http"}, "RELOAD_PROOF=http needs RELOAD_RELOAD_URL"),
-        ({"RELOAD_PROOF": "process"}, "RELOAD_PROOF=process needs RELOAD_RESTART=true"),
+        ({"RELOAD_PROOF": "workers", "RELOAD_RELOAD_URL": "http://a:1/r"}, "RELOAD_PROOF=workers needs RELOAD_SIGNAL"),
+        ({"RELOAD_PROOF": "http", "RELOAD_RESTART": "1", "RELOAD_PROCESS": "a"}, "http needs RELOAD_RELOAD_URL"),
+        ({"RELOAD_PROOF": "process", "RELOAD_RELOAD_URL": "http://a:1/r"}, "process needs RELOAD_RESTART=true"),
         ({"RELOAD_PROOF": "metric", "RELOAD_PROOF_URL": "http://a:1/metrics"}, "needs RELOAD_PROOF_METRIC"),
         ({"RELOAD_PROOF_METRIC": "prometheus_config"}, "needs RELOAD_PROOF_URL or RELOAD_HEALTH_METRIC_URL"),
         (
