@@ -14,6 +14,10 @@ health check runs only after it:
 - `http`: a synchronous reload endpoint; its 2xx answer is the proof (a 4xx/5xx is the trigger's
   `AppRefused`, never retried).
 - `process`: the restart trigger; the new process it waited for is the proof.
+- `marker`: any app that can show what it loaded. The sidecar puts the version id in each live version dir
+  (`..data/..reload-sidecar-version`, and `..reload-sidecar-version.conf`, an nginx `add_header` line);
+  proven when the answer of `RELOAD_PROOF_URL` (default the health URL) carries the id, in its
+  `X-Config-Version` header or its body.
 - `none`: nothing shows what the app loaded: the outcome is `unconfirmed`, never counted successful.
 
 `auto` (the default) picks from the trigger: restart -> process, HTTP -> http, `RELOAD_PROOF_METRIC` set
@@ -53,8 +57,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "MARKER",
     "AppLog",
     "Judge",
+    "MarkerProof",
     "MetricProof",
     "NoProof",
     "Proof",
@@ -68,7 +74,9 @@ __all__ = [
 
 _log = structlog.get_logger("reloader")
 Result = Literal["proven", "refused", "unconfirmed", "failed"]
-KINDS = ("auto", "workers", "metric", "http", "process", "none")
+KINDS = ("auto", "workers", "metric", "http", "process", "marker", "none")
+MARKER = "..reload-sidecar-version"  # in each live version dir: never a ConfigMap key (`..` names are the kubelet's)
+MARKER_HEADER = "X-Config-Version"
 _POLL_S = 0.01  # how often a proof looks again: a new worker appears within milliseconds of the signal
 _POLL_SLOW_S = 0.1  # after the first second (a reload that takes long, e.g. thousands of rule files)
 
@@ -267,6 +275,74 @@ class MetricProof:
         return _sample(text, self.flag), _sample(text, self.stamp)
 
 
+class MarkerProof:
+    """The app's answer carries the live version's id, which it can only have read with the config."""
+
+    kind = "marker"
+
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, target: Path, timeout_s: float, interval_s: float = 0.05
+    ) -> None:
+        self.session, self.url, self.target, self.timeout_s, self.interval_s = (
+            session,
+            url,
+            target,
+            timeout_s,
+            interval_s,
+        )
+        self._version: str | None = None
+        self._signalled = 0.0
+
+    def write(self, version: str) -> None:
+        """Put the marker files in the live version dir (atomically: a temp file renamed over)."""
+        data = self.target / "..data"
+        for name, text in (
+            (MARKER, f"{version}\n"),
+            (f"{MARKER}.conf", f'add_header {MARKER_HEADER} "{version}" always;\n'),
+        ):
+            tmp = data / f"{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, data / name)
+
+    async def before(self) -> None:
+        try:
+            link = os.readlink(self.target / "..data")
+        except OSError:
+            link = ""
+        self._version = link.removeprefix("..v-") or None
+        if self._version is not None:
+            with contextlib.suppress(OSError):  # a missing marker only means the proof fails
+                self.write(self._version)
+        self._signalled = time.monotonic()
+
+    async def prove(self, answer: str) -> Proven:
+        import aiohttp
+
+        version, deadline = self._version, self._signalled + self.timeout_s
+        if version is None:
+            return Proven("unconfirmed", f"{answer}; no live version to mark", self.kind)
+        seen = "no answer"
+        while True:
+            try:
+                async with self.session.get(self.url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    shown = resp.headers.get(MARKER_HEADER, "")
+                    body = (await resp.content.read(65536)).decode("utf-8", "replace")
+                if shown == version or version in body:
+                    ms = (time.monotonic() - self._signalled) * 1000
+                    return Proven("proven", f"{self.url} shows version {version} {ms:.0f} ms after {answer}", self.kind)
+                seen = f"it shows {shown or 'another version'!s}"[:120]
+            except (TimeoutError, aiohttp.ClientError) as e:
+                seen = type(e).__name__
+            if time.monotonic() >= deadline:
+                return Proven(
+                    "refused",
+                    f"{self.url} did not show version {version} within {self.timeout_s:g} s "
+                    f"(RELOAD_PROOF_TIMEOUT_S) after {answer}: {seen}",
+                    self.kind,
+                )
+            await asyncio.sleep(self.interval_s)
+
+
 def _sample(text: str, name: str) -> float | None:
     m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? +(\S+)", text, re.MULTILINE)
     try:
@@ -360,6 +436,8 @@ def make_proof(
         kind = _auto(s, trigger.method)
     if kind == "metric" and session is not None:
         return MetricProof(session, s.proof_url or s.health_metric_url, s.proof_metric, s.proof_timeout_s)
+    if kind == "marker" and session is not None:
+        return MarkerProof(session, s.proof_url or s.health_url, s.target_dir, s.proof_timeout_s)
     if kind in ("workers", "auto-workers"):
         return WorkersProof(
             pidfile=s.pidfile, process=s.process, timeout_s=s.proof_timeout_s, log=log, auto=kind == "auto-workers"
@@ -398,6 +476,14 @@ class Judge:
     ) -> None:
         self.trigger, self.proof, self.log, self.health, self.verifier = trigger, proof, log, health, verifier
         self.session, self.state, self.metrics = session, state, metrics
+
+    def live(self, version: str) -> None:
+        """`version` was just made live: the marker proof puts its id there (the app may read it at start)."""
+        if isinstance(self.proof, MarkerProof):
+            try:
+                self.proof.write(version)
+            except OSError as e:
+                _log.warning("marker_not_written", error=str(e))
 
     async def reload(self) -> tuple[str, str] | None:
         """(stage, reason) when the app was not reached (`reload`), refused the version (`proof`: not

@@ -93,8 +93,7 @@ class Reloader:
         self._wake = asyncio.Event()
         self._last_small = False  # was the last snapshot small enough to read without a thread hop?
         self._worker: asyncio.Task[None] | None = None
-        # Nothing was live at start-up and no version ready since: the app has not started (it waits for
-        # /readyz) and reads the files itself, so the next promotion has nobody to signal.
+        # Nothing live at start-up, nothing ready since: the app has not started, nobody to signal next.
         self._unstarted = True
         self._dirty = False  # the state file lags behind memory (a write failed): retried at each pass
         self._damaged = False  # degraded because the target was damaged and could not be repaired
@@ -389,6 +388,7 @@ class Reloader:
 
     def _now_live(self, snap: Snapshot, v: str) -> None:
         self.state.step(v, "promoted", f"{len(snap.files)} files")
+        self.judge.live(v)
         self.state.current = v
         self.state.files = {n: {"bytes": snap.sizes.get(n, len(b))} for n, b in snap.files.items()}
         self.metrics.promotions.inc()

@@ -127,12 +127,13 @@ class Settings:
     # How long to wait for the app's new process; covers the kubelet's restart back-off (at most 300 s).
     restart_wait_s: float = 330.0
     # Proof of load (proof.py): the evidence that the app runs the new version, checked before health.
-    # auto = chosen from the trigger; workers, metric, http, process or none (unconfirmed, never counted).
+    # auto = chosen from the trigger; workers, metric, http, process, marker or none (unconfirmed, never counted).
     proof: str = "auto"
     # How long the proof waits; covers nginx's 5 x 500 ms retries of a busy `listen` with room to spare.
     proof_timeout_s: float = 10.0
     # metric proof: the app's metric prefix (`<prefix>_last_reload_successful`, ..._success_timestamp_seconds)
-    # and the URL of its metrics (default RELOAD_HEALTH_METRIC_URL).
+    # and the URL of its metrics (default RELOAD_HEALTH_METRIC_URL); marker proof: the URL whose answer shows
+    # the version id (default RELOAD_HEALTH_URL).
     proof_metric: str = ""
     proof_url: str = ""
     # The app's error log: its lines after a refused reload are the quarantine reason (nginx's [emerg]).
@@ -407,7 +408,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_RESTART_SIGNAL", "restart_signal", _signal_name),
     ("RELOAD_RESTART_GRACE_S", "restart_grace_s", _float(0, 3600)),
     ("RELOAD_RESTART_WAIT_S", "restart_wait_s", _float(1, 3600)),
-    ("RELOAD_PROOF", "proof", _choice("auto", "workers", "metric", "http", "process", "none")),
+    ("RELOAD_PROOF", "proof", _choice("auto", "workers", "metric", "http", "process", "marker", "none")),
     ("RELOAD_PROOF_TIMEOUT_S", "proof_timeout_s", _float(0.1, 3600)),
     ("RELOAD_PROOF_METRIC", "proof_metric", _metric_prefix),
     ("RELOAD_PROOF_URL", "proof_url", _url),
@@ -614,6 +615,8 @@ def _proof_checks(p: _Parser, kw: dict[str, object]) -> None:
     metric = kw.get("proof_metric") and proof in ("auto", "metric")
     if metric and not (kw.get("proof_url") or kw.get("health_metric_url")):
         p.problems.append("RELOAD_PROOF_METRIC needs RELOAD_PROOF_URL or RELOAD_HEALTH_METRIC_URL (the app's /metrics)")
+    if proof == "marker" and triggered and not (kw.get("proof_url") or kw.get("health_url")):
+        p.problems.append("RELOAD_PROOF=marker needs RELOAD_PROOF_URL or RELOAD_HEALTH_URL (where the app shows it)")
     if kw.get("proof_metric") and proof not in ("auto", "metric"):
         p.problems.append(f"RELOAD_PROOF_METRIC is set but RELOAD_PROOF={proof}: set RELOAD_PROOF=metric or auto")
 

@@ -387,3 +387,46 @@ def _am_config(am: App) -> str:
     status, body = am.get("/api/v2/status")
     assert status == 200, body
     return str(json.loads(body)["config"]["original"])
+
+
+# --- the version marker: nginx includes the marker's add_header line --------------------------------------
+
+
+def _marked(port: int, body: str, prefix: Path, target: Path) -> str:
+    marker = f"include {target}/..data/..reload-sidecar-version.conf;"
+    return nginx_conf(port, body, prefix).replace("location = /health {", "location = /health {\n            " + marker)
+
+
+@pytest.mark.timeout(180)
+def test_nginx_version_marker_proves_a_reload_and_catches_a_refusal(tmp_path: Path) -> None:
+    """RELOAD_PROOF=marker: nginx's /health carries X-Config-Version from an included file, read only with
+    the config. A good version shows its own id (proven); a refused one keeps showing the old id: rolled back."""
+    port, prefix = free_port(), tmp_path / "nginx"
+    volume, target = tmp_path / "volume", tmp_path / "target"
+    (prefix / "tmp").mkdir(parents=True)
+    env = {
+        "RELOAD_VALIDATE_COMMAND": "",
+        "RELOAD_SIGNAL": "SIGHUP",
+        "RELOAD_PIDFILE": str(prefix / "nginx.pid"),
+        "RELOAD_PROOF": "marker",
+        "RELOAD_PROOF_TIMEOUT_S": "3",
+        "RELOAD_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+        **FAST_HEALTH,
+    }
+    first = apply(volume, "nginx.conf", _marked(port, "v1", prefix, target))
+    with socket.socket() as held, running(volume, target, tmp_path, **{k: v for k, v in env.items() if v}) as car:
+        car.wait_current(first)
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        with start_nginx_no_dac(prefix, target / "nginx.conf", port) as ngx:
+            good = apply(volume, "nginx.conf", _marked(port, "v2", prefix, target))
+            st = wait_settled(car, good, "the marked version committed")
+            assert st["last_good"] == good and f"shows version {good}" in st["versions"][good]["proof"], st
+            busy = _marked(port, "v3", prefix, target).replace(
+                f"listen 127.0.0.1:{port};",
+                f"listen 127.0.0.1:{port};\n        listen 127.0.0.1:{held.getsockname()[1]};",
+            )
+            bad = apply(volume, "nginx.conf", busy)
+            st = wait_settled(car, bad, "the refused version quarantined")
+            assert_refused(car, st, good, bad, f"did not show version {bad}")
+            assert ngx.get("/") == (200, "v2")
