@@ -63,7 +63,7 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
-        self.ready = Gauge("reload_sidecar_ready", "1 when a verified version is live.", registry=r)
+        self.ready = Gauge("reload_sidecar_ready", "1 when a proven and healthy version is live.", registry=r)
         self.target_repairs = Counter(
             "reload_sidecar_target_repairs",
             "Times the target dir was found damaged (..data, the version dir or a link) and restored.",
