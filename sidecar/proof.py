@@ -351,9 +351,13 @@ def _sample(text: str, name: str) -> float | None:
         return None
 
 
-# An app's own words for "I refused this config", in its error log: nginx's [emerg]/[alert], HAProxy's
-# [ALERT], Go apps' level=error. nginx's "bind() ... failed" is retried (5 x 500 ms) and not final.
-_REFUSAL = re.compile(r"\[(emerg|alert|crit|ALERT)\]|level=error|\"level\":\"error\"")
+# An app's own words for "I refused this config", in its error log, are the reason: nginx's [emerg]/[alert],
+# HAProxy's [ALERT], Go apps' level=error or err="..." (Alertmanager logs a failed reload without a level).
+# Final (the app is done with the reload, the rollback may signal it): nginx's [emerg] but its "bind() ...
+# failed", retried 5 x 500 ms; HAProxy's "Loading failure!" (its [ALERT] lines come while the master is
+# still re-executing itself, deaf to a signal).
+_REFUSAL = re.compile(r"\[(emerg|alert|crit|ALERT)\]|level=error|\"level\":\"error\"| err=\"")
+_FINAL = re.compile(r"\[emerg\]|Loading failure!")
 _RETRIED = re.compile(r"bind\(\) to .* failed")
 _LOG_TAIL_BYTES = 64 * 1024
 
@@ -384,7 +388,7 @@ class AppLog:
 
     def final_error(self) -> bool:
         """Has the app logged a final refusal since `mark` (not one it retries)?"""
-        return any(_REFUSAL.search(line) and not _RETRIED.search(line) for line in self._new_lines())
+        return any(_FINAL.search(line) and not _RETRIED.search(line) for line in self._new_lines())
 
     def reason(self) -> str | None:
         """The app's first error lines since `mark` (the first names the cause; later ones sum up)."""
@@ -401,7 +405,7 @@ async def fire_and_prove(trigger: Trigger, proof: Proof, log: AppLog | None = No
     try:
         answer = await trigger.fire()
     except AppRefused as e:
-        return _with_log(Proven("refused", str(e), proof.kind), log)
+        return await _with_log(Proven("refused", str(e), proof.kind), log)
     except TriggerError as e:
         return Proven("failed", str(e), proof.kind)
     except Exception as e:
@@ -411,11 +415,16 @@ async def fire_and_prove(trigger: Trigger, proof: Proof, log: AppLog | None = No
     except Exception as e:
         proven = Proven("refused", f"internal error while proving: {type(e).__name__}: {e}", proof.kind)
     proven = Proven(proven.result, proven.evidence, proven.kind, answer)
-    return _with_log(proven, log) if proven.result == "refused" else proven
+    return await _with_log(proven, log) if proven.result == "refused" else proven
 
 
-def _with_log(proven: Proven, log: AppLog | None) -> Proven:
+async def _with_log(proven: Proven, log: AppLog | None) -> Proven:
     said = log.reason() if log is not None else None
+    for _ in range(25):  # an app may log its reason just after it answered or set its metric: 0.5 s at most
+        if said or log is None:
+            break
+        await asyncio.sleep(0.02)
+        said = log.reason()
     if not said or said in proven.evidence:
         return proven
     return Proven(proven.result, f"{proven.evidence}; the app logged: {said}", proven.kind, proven.answer)
