@@ -262,7 +262,7 @@ class Reloader:
             self.metrics.last_successful.set(0)
         if (known_bad or v == state.current) and not await self._check_target(snap):
             return
-        if known_bad or (v == state.current and (v == state.last_good or state.settled(v))):
+        if known_bad or (v == state.current and (v == state.last_good or (state.settled(v) and state.ready))):
             if known_bad:
                 log.debug("skipped_known_bad", version=v)
             await self._recheck_degraded()
