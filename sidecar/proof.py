@@ -401,7 +401,10 @@ async def fire_and_prove(trigger: Trigger, proof: Proof, log: AppLog | None = No
     CancelledError): a trigger that fails is `failed` (not reached) or `refused` (the app said no)."""
     if log is not None:
         log.mark()
-    await proof.before()
+    try:
+        await proof.before()
+    except Exception as e:  # nothing was signalled: a failure to reach the app, retried like one
+        return Proven("failed", f"internal error before the signal: {type(e).__name__}: {e}", proof.kind)
     try:
         answer = await trigger.fire()
     except AppRefused as e:
