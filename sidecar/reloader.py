@@ -85,7 +85,7 @@ class Reloader:
         from .verify import verify
 
         self.s, self.state, self.metrics = settings, state, metrics
-        self.trigger, self.gate, self.session, self.health = trigger, gate, session, health
+        self.trigger, self.gate = trigger, gate  # signal, proof and health are the judge's
         log_ = app_log(settings)
         proof = proof or make_proof(settings, trigger, session, log_)
         self.judge = Judge(trigger, proof, log_, health, verifier or verify, session, state, metrics)
