@@ -79,6 +79,7 @@ MARKER = "..reload-sidecar-version"  # in each live version dir: never a ConfigM
 MARKER_HEADER = "X-Config-Version"
 _POLL_S = 0.01  # how often a proof looks again: a new worker appears within milliseconds of the signal
 _POLL_SLOW_S = 0.1  # after the first second (a reload that takes long, e.g. thousands of rule files)
+_SETTLE_S = 0.3  # an app's error log quiet this long after its final error: it is done with the reload
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +172,7 @@ class WorkersProof:
         if master is None:
             return Proven("unconfirmed", f"{answer}; the app's process was not found before the signal", self.kind)
         deadline = self._signalled + self.timeout_s
+        logged, quiet_from = -1, 0.0
         while True:
             new = [(c, title) for c, s, title in self._children(master) if (c, s) not in self._before]
             live = [c for c, title in new if "shutting down" not in title]
@@ -180,7 +182,13 @@ class WorkersProof:
             if read_stat(master, self.proc) is None:
                 return Proven("refused", f"pid {master} exited after {answer}", self.kind)
             if self.log is not None and self.log.final_error():  # its lines are added as the reason
-                return Proven("refused", f"no new workers after {answer}, and the app logged an error", self.kind)
+                # refused; but the rollback signals next: only once the app is done (its log quiet), e.g.
+                # HAProxy's master re-executes itself once more after "Loading failure!", deaf to a signal
+                size, now = self.log.size(), time.monotonic()
+                if size != logged:
+                    logged, quiet_from = size, now
+                elif now - quiet_from >= _SETTLE_S:
+                    return Proven("refused", f"no new workers after {answer}, and the app logged an error", self.kind)
             if time.monotonic() >= deadline:
                 return Proven(
                     "refused",
@@ -385,6 +393,12 @@ class AppLog:
         except OSError:
             return []
         return data.decode("utf-8", "replace").splitlines()
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
 
     def final_error(self) -> bool:
         """Has the app logged a final refusal since `mark` (not one it retries)?"""
