@@ -28,7 +28,10 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         add_process_metrics(r)
         self.reloads = Counter(
-            "reload_sidecar_reloads", "App reloads by result (success, failed, rolled_back).", ["result"], registry=r
+            "reload_sidecar_reloads",
+            "App reloads by result (success, failed, rolled_back, unconfirmed).",
+            ["result"],
+            registry=r,
         )
         self.validation_failures = Counter(
             "reload_sidecar_validation_failures",
@@ -60,7 +63,7 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
-        self.ready = Gauge("reload_sidecar_ready", "1 when a verified version is live.", registry=r)
+        self.ready = Gauge("reload_sidecar_ready", "1 when a proven and healthy version is live.", registry=r)
         self.target_repairs = Counter(
             "reload_sidecar_target_repairs",
             "Times the target dir was found damaged (..data, the version dir or a link) and restored.",
@@ -77,7 +80,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        for result in ("success", "failed", "rolled_back"):
+        self.proofs = Counter(
+            "reload_sidecar_proofs",
+            "Proofs of load by kind and result (proven, refused, unconfirmed, failed).",
+            ["kind", "result"],
+            registry=r,
+        )
+        for result in ("success", "failed", "rolled_back", "unconfirmed"):
             self.reloads.labels(result)
         for outcome in ("restarted", "killed", "failed"):
             self.restarts.labels(outcome)

@@ -1,6 +1,9 @@
 """The loop that runs the stages in order and owns the state; the only module that knows the order.
 
-    watch -> snapshot -> validate -> gate -> promote -> signal -> verify -> commit | rollback
+    watch -> snapshot -> validate -> gate -> promote -> signal -> prove -> verify -> commit | rollback
+
+Signal, proof and health are `proof.Judge`'s, which steps the live version's life (`verdict.py`): only a
+version proven and healthy is committed (last good); a refused one is rolled back at once.
 
 `Reloader.once` is the same order for an initContainer: snapshot -> validate -> promote -> commit.
 
@@ -31,12 +34,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from . import promote as _promote
+from .proof import NOT_SIGNALLED, Judge, Proof, app_log, make_proof
 from .settings import Settings
 from .snapshot import Snapshot, SourceError, read_configured
 from .state import State, load_state, save_state, state_doc, write_state
 from .target import Target, blocking
-from .trigger import NotSignalled, Trigger, TriggerError, pace
+from .trigger import Trigger, pace
 from .validate import Checks, validate
+from .verdict import Verdict
 from .watch import changes
 
 if TYPE_CHECKING:  # the stages that need aiohttp are imported when a Reloader is made: `once` runs without it
@@ -49,8 +54,11 @@ if TYPE_CHECKING:  # the stages that need aiohttp are imported when a Reloader i
 __all__ = ["Reloader"]
 
 log = structlog.get_logger("reloader")
-NOT_SIGNALLED = "not signalled"  # the stage of a failure to find or check the app: nothing reached it
 Verifier = Callable[["aiohttp.ClientSession", "HealthCheck"], Awaitable["Outcome"]]
+
+
+# What the app runs until it is signalled: version, `state.files`, what the sidecar knew of it.
+_Live = tuple[str, dict[str, dict[str, object]], Verdict | None]
 
 
 @dataclass(slots=True)
@@ -77,18 +85,20 @@ class Reloader:
         session: aiohttp.ClientSession,
         health: HealthCheck | None = None,
         verifier: Verifier | None = None,
+        proof: Proof | None = None,
     ) -> None:
         from .verify import verify
 
         self.s, self.state, self.metrics = settings, state, metrics
-        self.trigger, self.gate, self.session, self.health = trigger, gate, session, health
-        self.verifier = verifier or verify
+        self.trigger, self.gate = trigger, gate  # signal, proof and health are the judge's
+        log_ = app_log(settings)
+        proof = proof or make_proof(settings, trigger, session, log_)
+        self.judge = Judge(trigger, proof, log_, health, verifier or verify, session, state, metrics)
         self.checks = Checks.from_settings(settings, settings.target_dir)
         self._wake = asyncio.Event()
         self._last_small = False  # was the last snapshot small enough to read without a thread hop?
         self._worker: asyncio.Task[None] | None = None
-        # Nothing was live at start-up and no version has been ready since: the app has not started (it
-        # waits for /readyz) and reads the files itself, so the next promotion has nobody to signal.
+        # Nothing live at start-up, nothing ready since: the app has not started, nobody to signal next.
         self._unstarted = True
         self._dirty = False  # the state file lags behind memory (a write failed): retried at each pass
         self._unrecorded = False  # degraded because the first version's commit could not be written
@@ -164,8 +174,11 @@ class Reloader:
         # A life killed between a promotion and its commit left versions the history no longer wants.
         self.target.prune(self.s.history)
         if self.state.current is not None and self.state.current == self.state.last_good:
-            self._set_ready(True)
-            self.metrics.last_successful.set(1)  # it was reloaded and verified before the restart
+            if (pending := self.state.pending()) is None:
+                self._set_ready(True)
+                self.metrics.last_successful.set(1)  # it was reloaded and verified before the restart
+            else:  # killed mid-rollback or while degraded: the app may still run another version
+                self._degrade(pending)
         self.metrics.set_version(self.state.current)
         log.info(
             "recovered",
@@ -223,7 +236,7 @@ class Reloader:
             self.state.error(f"internal error: {e}")
             live, good = self.state.current, self.state.last_good
             if live is not None and live != good:  # never ready with an unverified version live
-                self._degrade(f"internal error while version {live} (not verified) is live: {e}"[:500])
+                await self._app_degraded(f"internal error while version {live} (not verified) is live: {e}"[:500])
         finally:
             structlog.contextvars.clear_contextvars()
             if self.state.restart is not self._restart_on_record:  # the restart trigger restarted the app
@@ -257,7 +270,7 @@ class Reloader:
             self.metrics.last_successful.set(0)
         if (known_bad or v == state.current) and not await self._check_target(snap):
             return
-        if known_bad or (v == state.current and v == state.last_good):
+        if known_bad or (v == state.current and (v == state.last_good or (state.settled(v) and state.ready))):
             if known_bad:
                 self._skipped(v, returned)
             await self._recheck_degraded()
@@ -346,7 +359,8 @@ class Reloader:
 
     async def _apply(self, snap: Snapshot, p: _Pass, first: bool) -> None:
         state = self.state
-        previous, previous_files = state.current, state.files  # what the app runs until it is signalled
+        # what the app runs until it is signalled, and what the sidecar knew of it
+        previous, previous_files, previous_verdict = state.current, state.files, state.verdict
         state.phase = "promoting"
         t = time.perf_counter()
         try:
@@ -372,7 +386,7 @@ class Reloader:
                 await self._commit(p, "first version at start-up", first=True)
                 return
             # No state write here: a restart reads the live version from ..data and re-verifies it.
-            problem = await self._reload_and_verify()
+            problem = await self.judge.reload()
             if problem is None or problem[0] != NOT_SIGNALLED:
                 state.undefer()
             if problem is None:
@@ -380,7 +394,7 @@ class Reloader:
                 return
             stage, reason = problem
             if stage == NOT_SIGNALLED and previous is not None:
-                await self._put_back(p.version, previous, previous_files, reason)
+                await self._put_back(p.version, (previous, previous_files, previous_verdict), reason)
                 return
         except Exception as e:
             if p.committed:  # it is verified and stays
@@ -393,6 +407,8 @@ class Reloader:
         await self._fail(p.version, stage, reason)
 
     def _now_live(self, snap: Snapshot, v: str) -> None:
+        self.state.step(v, "promoted", f"{len(snap.files)} files")
+        self.judge.live(v)
         self.state.current = v
         self.state.files = {n: {"bytes": snap.sizes.get(n, len(b))} for n, b in snap.files.items()}
         self.metrics.promotions.inc()
@@ -420,54 +436,13 @@ class Reloader:
                 await self._rollback(v, reason)
         except Exception as e:  # the last line: whatever happened, never report ready on it
             log.exception("rollback_failed", version=v, error=str(e))
-            self._degrade(f"version {v} failed ({reason}) and the rollback raised: {e}"[:500])
+            await self._app_degraded(f"version {v} failed ({reason}) and the rollback raised: {e}"[:500])
 
-    async def _reload_and_verify(self) -> tuple[str, str] | None:
-        """(stage, reason) when the app did not reload or is not healthy afterwards; None when it is.
-
-        Never raises (but CancelledError): an unexpected exception from the trigger or the health check
-        is a failure of that stage, with its traceback logged.
-        """
-
-        self.state.phase = "reloading"
-        t = time.perf_counter()
-        try:
-            evidence = await self.trigger.fire()
-        except NotSignalled as e:
-            log.error("reload_failed", method=self.trigger.method, error=str(e), signalled=False)
-            return NOT_SIGNALLED, str(e)
-        except TriggerError as e:
-            log.error("reload_failed", method=self.trigger.method, error=str(e))
-            return "reload", str(e)
-        except Exception as e:
-            log.exception("reload_failed", method=self.trigger.method, error=str(e))
-            return "reload", f"internal error: {type(e).__name__}: {e}"
-        log.info(
-            "reload_triggered", method=self.trigger.method, evidence=evidence, duration_ms=_ms(time.perf_counter() - t)
-        )
-        if self.health is None:
-            return None
-        self.state.phase = "verifying"
-        t = time.perf_counter()
-        try:
-            outcome = await self.verifier(self.session, self.health)
-        except Exception as e:
-            log.exception("verify_failed", error=str(e))
-            return "verify", f"internal error: {type(e).__name__}: {e}"
-        log.log(
-            20 if outcome.ok else 40,
-            "verified" if outcome.ok else "verify_failed",
-            reason=outcome.reason,
-            polls=outcome.polls,
-            duration_ms=_ms(time.perf_counter() - t),
-        )
-        return None if outcome.ok else ("verify", outcome.reason)
-
-    async def _put_back(self, v: str, previous: str, files: dict[str, dict[str, object]], reason: str) -> None:
-        """Nothing reached the app (its process could not be found or checked): it still runs `previous`.
-        Not `v`'s fault: `..data` goes back to `previous` without a quarantine or a signal, and the next
-        pass (the next resync) tries `v` again."""
-        state = self.state
+    async def _put_back(self, v: str, was: _Live, reason: str) -> None:
+        """Nothing reached the app (its process could not be found or checked): it still runs what it ran
+        (`was`: version, files, verdict). Not `v`'s fault: `..data` goes back to that version without a
+        quarantine or a signal, and the next pass (the next resync) tries `v` again."""
+        state, (previous, files, verdict) = self.state, was
         state.phase = "rolling_back"
         try:
             async with self.target.lock:
@@ -476,7 +451,7 @@ class Reloader:
             self._degrade(f"version {v} was not signalled and putting {previous} back failed: {e}"[:500])
             log.error("put_back_failed", to=previous, error=str(e))
             return
-        state.current, state.files = previous, files
+        state.current, state.files, state.verdict = previous, files, verdict
         self.metrics.set_version(previous)
         self.metrics.reloads.labels("failed").inc()
         self.metrics.last_successful.set(0)
@@ -488,6 +463,9 @@ class Reloader:
 
     async def _commit(self, p: _Pass, how: str, first: bool = False) -> None:
         state = self.state
+        if not first and state.verdict is not None and state.verdict.evidence("proven") is None:
+            return self._unconfirmed(p)
+        state.step(p.version, "committed", how)
         state.last_good, p.committed = p.version, True
         self._good_files, self.target.good = state.files, p.snap
         state.last_reload_at = time.time()
@@ -511,6 +489,15 @@ class Reloader:
         self._in_background(self._record(write=not first), "record")
         log.info("committed", how=how, duration_ms=_ms(duration))
 
+    def _unconfirmed(self, p: _Pass) -> None:
+        """Healthy but not proven (proof none): live and ready, never last good nor counted successful."""
+        self.state.step(p.version, "unconfirmed", "healthy; nothing shows the app loaded it")
+        self.state.mark(p.version, "unconfirmed")
+        self.metrics.reloads.labels("unconfirmed").inc()
+        self._set_ready(True)
+        self._in_background(self._record(write=True), "record")
+        log.warning("unconfirmed", last_good=self.state.last_good)
+
     def _in_background(self, work: Coroutine[object, object, object], name: str) -> None:
         task: asyncio.Task[object] = asyncio.create_task(work, name=name)
         self._background.add(task)
@@ -530,14 +517,14 @@ class Reloader:
         except Exception as e:  # a bug here must not go unseen (nobody awaits this task's result)
             log.exception("record_failed", error=str(e))
 
-    async def _persist(self, wait: bool = True) -> bool:
+    async def _persist(self, wait: bool = True, note: bool = True) -> bool:
         """Write the state file; best effort: a failure is logged, counted and retried at the next pass.
 
         Writes are serialized; with `wait=False` and a write under way, this one is queued after it in
         the background instead (False: not written yet).
         """
         if not wait and self._state_lock.locked():
-            self._in_background(self._persist(), "state-write")  # if it fails too, the next pass retries
+            self._in_background(self._persist(note=note), "state-write")  # failing too, the next pass retries
             return False
         async with self._state_lock:
             doc = state_doc(self.state)
@@ -546,7 +533,8 @@ class Reloader:
             except Exception as e:
                 self._dirty = True
                 self.metrics.state_write_failures.inc()
-                self.state.error(f"state file not written ({e}); retried at the next commit or resync")
+                if note:  # not for a verdict's write: the failure it follows is the error to show
+                    self.state.error(f"state file not written ({e}); retried at the next commit or resync")
                 log.error("state_write_failed", error=str(e))
                 return False
             self._restart_on_record = doc["restart"]
@@ -558,6 +546,8 @@ class Reloader:
     async def _quarantine_and_rollback(self, bad: str, stage: str, reason: str) -> None:
         self.state.quarantine(bad, reason, stage)
         self.metrics.last_successful.set(0)
+        if self.state.last_good not in (None, bad):  # on record: a sidecar killed mid-rollback finishes it
+            self.state.step(self.state.last_good, "rolling_back", reason).rolling_back_from = bad
         # Before the rollback, so a crash during it still finds the version quarantined; but only best
         # effort: a full disk, or an earlier commit's write still under way, must not keep a bad version live.
         await self._persist(wait=False)
@@ -567,7 +557,7 @@ class Reloader:
     async def _rollback(self, bad: str, reason: str) -> None:
         state, good = self.state, self.state.last_good
         if good is None or good == bad:
-            self._degrade(f"version {bad} failed and there is no earlier good version to return to")
+            await self._app_degraded(f"version {bad} failed and there is no earlier good version to return to")
             log.error("rollback_impossible", version=bad, reason=reason)
             return
         state.phase = "rolling_back"
@@ -576,21 +566,23 @@ class Reloader:
         try:
             await asyncio.to_thread(self.target.make_live, good)
         except Exception as e:  # PromoteError, or anything else: ..data may still show the bad version
-            self._degrade(f"version {bad} failed and the rollback to {good} failed: {e}"[:500])
+            await self._app_degraded(f"version {bad} failed and the rollback to {good} failed: {e}"[:500])
             log.error("rollback_failed", version=bad, to=good, error=str(e))
             return
         state.current = good
         state.files = self._good_files
         self.metrics.set_version(good)
-        # activate() made the swap durable; the state file has nothing new to say until the next commit.
-        problem = await self._reload_and_verify()
+        state.step(good, "rolling_back", reason).rolling_back_from = bad
+        problem = await self.judge.reload()
         self.metrics.rollbacks.inc()
         await self.target.discard(bad)
         if problem is not None:
-            self._degrade(f"rolled back to {good} but the app is still not healthy: {problem[1]}")
+            await self._app_degraded(f"rolled back to {good} but the app is still not healthy: {problem[1]}")
             log.error("rolled_back_unhealthy", version=bad, to=good, reason=reason, after=problem[1])
             return
         self.metrics.reloads.labels("rolled_back").inc()
+        state.step(good, "rolled_back", f"from {bad}: {reason}"[:500])
+        await self._persist(wait=False, note=False)
         self._set_ready(True)
         state.phase = "idle"
         log.warning("rolled_back", version=bad, to=good, reason=reason)
@@ -622,13 +614,22 @@ class Reloader:
             if state.last_good is not None:
                 await self._rollback(state.current, "retrying the rollback that failed")
             return
-        problem = await self._reload_and_verify()
+        problem = await self.judge.reload()
         if problem is None:
+            self.state.step(state.current, "committed", "healthy again after degraded")
             self._set_ready(True)
             self.state.phase = "idle"
+            await self._persist(note=False)
             log.info("recovered_from_degraded", version=self.state.current)
         else:
-            self._degrade(f"version {self.state.current} still not healthy: {problem[1]}")
+            await self._app_degraded(f"version {self.state.current} still not healthy: {problem[1]}")
+
+    async def _app_degraded(self, why: str) -> None:
+        """Degraded, on record: a restarted sidecar does not answer ready on the live version either."""
+        self._degrade(why)
+        if self.state.current is not None:
+            self.state.step(self.state.current, "degraded", why)
+            await self._persist(wait=False, note=False)
 
     def _degrade(self, why: str) -> None:
         self.state.phase = "degraded"

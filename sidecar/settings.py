@@ -130,6 +130,18 @@ class Settings:
     # coalesce to the newest. 600 s: the kubelet forgets a container's restart back-off once it has run
     # 10 minutes, so a paced restart never waits in CrashLoopBackOff (docs/restart.md). 0 = off.
     restart_min_interval_s: float = 600.0
+    # Proof of load (proof.py): the evidence that the app runs the new version, checked before health.
+    # auto = chosen from the trigger; workers, metric, http, process, marker or none (unconfirmed, never counted).
+    proof: str = "auto"
+    # How long the proof waits; covers nginx's 5 x 500 ms retries of a busy `listen` with room to spare.
+    proof_timeout_s: float = 10.0
+    # metric proof: the app's metric prefix (`<prefix>_last_reload_successful`, ..._success_timestamp_seconds)
+    # and the URL of its metrics (default RELOAD_HEALTH_METRIC_URL); marker proof: the URL whose answer shows
+    # the version id (default RELOAD_HEALTH_URL).
+    proof_metric: str = ""
+    proof_url: str = ""
+    # The app's error log: its lines after a refused reload are the quarantine reason (nginx's [emerg]).
+    app_error_log: Path | None = None
     # Verification after a reload (used by the verify stage).
     health_url: str = ""
     health_successes: int = 3
@@ -335,6 +347,12 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _metric_prefix(raw: str) -> str:
+    if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", raw):
+        raise ValueError("expected a metric name prefix, e.g. prometheus_config or alertmanager_config")
+    return raw.removesuffix("_last_reload_successful")
+
+
 def _peers(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(_address(peer) for peer in _globs(raw))
 
@@ -395,6 +413,11 @@ _FIELDS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RELOAD_RESTART_GRACE_S", "restart_grace_s", _float(0, 3600)),
     ("RELOAD_RESTART_WAIT_S", "restart_wait_s", _float(1, 3600)),
     ("RELOAD_RESTART_MIN_INTERVAL_S", "restart_min_interval_s", _float(0, 86400)),
+    ("RELOAD_PROOF", "proof", _choice("auto", "workers", "metric", "http", "process", "marker", "none")),
+    ("RELOAD_PROOF_TIMEOUT_S", "proof_timeout_s", _float(0.1, 3600)),
+    ("RELOAD_PROOF_METRIC", "proof_metric", _metric_prefix),
+    ("RELOAD_PROOF_URL", "proof_url", _url),
+    ("RELOAD_APP_ERROR_LOG", "app_error_log", _path),
     ("RELOAD_HEALTH_URL", "health_url", _url),
     ("RELOAD_HEALTH_SUCCESSES", "health_successes", _int(1, 1000)),
     ("RELOAD_HEALTH_INTERVAL_S", "health_interval_s", _float(0.01)),
@@ -571,6 +594,7 @@ def _cross_checks(p: _Parser, kw: dict[str, object]) -> None:
     if kw.get("reload_url") and kw.get("signal") is not None:
         p.problems.append("RELOAD_RELOAD_URL and RELOAD_SIGNAL are both set: choose one reload trigger")
     _restart_checks(p, kw)
+    _proof_checks(p, kw)
     # a set but invalid RELOAD_HEALTH_METRIC is reported as such, not also as missing
     if bool(kw.get("health_metric_url")) != bool(env.get("RELOAD_HEALTH_METRIC", "").strip()):
         p.problems.append("RELOAD_HEALTH_METRIC_URL and RELOAD_HEALTH_METRIC go together: set both or neither")
@@ -589,6 +613,26 @@ def _cross_checks(p: _Parser, kw: dict[str, object]) -> None:
             )
     if "max_file_bytes" in kw and "max_total_bytes" in kw and kw["max_file_bytes"] > kw["max_total_bytes"]:  # type: ignore[operator]
         p.problems.append("RELOAD_MAX_FILE_BYTES is larger than RELOAD_MAX_TOTAL_BYTES")
+
+
+def _proof_checks(p: _Parser, kw: dict[str, object]) -> None:
+    """An explicit proof kind needs its trigger (or its metric); the metric proof needs a URL to read.
+    With no trigger at all the proof is `none` whatever it says (an image's default must not stop `once`)."""
+    proof = kw.get("proof", "auto")
+    needs = {"workers": ("signal", "RELOAD_SIGNAL"), "http": ("reload_url", "RELOAD_RELOAD_URL")}
+    needs |= {"process": ("restart", "RELOAD_RESTART=true")}
+    triggered = any(kw.get(k) for k in ("signal", "reload_url", "restart"))  # no trigger: the proof is none
+    if proof in needs and triggered and not kw.get(needs[str(proof)][0]):
+        p.problems.append(f"RELOAD_PROOF={proof} needs {needs[str(proof)][1]} (its evidence comes from that trigger)")
+    if proof == "metric" and not kw.get("proof_metric"):
+        p.problems.append("RELOAD_PROOF=metric needs RELOAD_PROOF_METRIC (e.g. prometheus_config)")
+    metric = kw.get("proof_metric") and proof in ("auto", "metric")
+    if metric and not (kw.get("proof_url") or kw.get("health_metric_url")):
+        p.problems.append("RELOAD_PROOF_METRIC needs RELOAD_PROOF_URL or RELOAD_HEALTH_METRIC_URL (the app's /metrics)")
+    if proof == "marker" and triggered and not (kw.get("proof_url") or kw.get("health_url")):
+        p.problems.append("RELOAD_PROOF=marker needs RELOAD_PROOF_URL or RELOAD_HEALTH_URL (where the app shows it)")
+    if kw.get("proof_metric") and proof not in ("auto", "metric"):
+        p.problems.append(f"RELOAD_PROOF_METRIC is set but RELOAD_PROOF={proof}: set RELOAD_PROOF=metric or auto")
 
 
 def _restart_checks(p: _Parser, kw: dict[str, object]) -> None:

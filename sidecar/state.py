@@ -17,9 +17,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .promote import fsync_dir
+from .verdict import Verdict, VerdictError
+
+if TYPE_CHECKING:
+    from .verdict import Step
 
 __all__ = ["STATE_FILE", "Phase", "Refusal", "State", "load_state", "save_state", "state_doc", "write_state"]
 
@@ -84,6 +88,41 @@ class State:
     # A version promoted but put back because the app's process could not be found or checked (nothing
     # was signalled): retried at each pass until it goes through or the source moves on.
     deferred: dict[str, Any] | None = None
+    # The live version's life (verdict.py): its step and the evidence of each step; in the state file.
+    verdict: Verdict | None = None
+    # How each version was proven or refused (the proof's evidence), the newest 50.
+    proofs: dict[str, str] = field(default_factory=dict)
+
+    def step(self, version: str, step: Step, why: str = "") -> Verdict:
+        """Move the live version's life to `step`; a version other than the verdict's starts a new life."""
+        v = self.verdict
+        if v is None or v.version != version or step in ("promoted", "rolling_back"):
+            v = Verdict(version, step, why)
+        else:
+            try:
+                v.to(step, why)
+            except VerdictError as e:  # a path the machine does not know: recorded as a new life, never fatal
+                self.error(str(e))
+                v = Verdict(version, step, why)
+        if step in ("proven", "refused", "unconfirmed"):
+            _put(self.proofs, version, f"{step}: {why}", _KEEP_VERSIONS)
+        self.verdict = v
+        return v
+
+    def pending(self) -> str | None:
+        """After a restart with the last good version live: why it may not be answered ready on yet (its
+        life did not end settled: a rollback or a re-check was under way, or the app was degraded)."""
+        v, live = self.verdict, self.current
+        if v is None or (v.version == live and v.settled):
+            return None  # no verdict: a state file of an older release, or `once`'s
+        why = f"{v.version}: {v.step}: {v.why}"[:300]
+        return f"restarted before {live} was proven healthy again ({why}); re-checking it"
+
+    def settled(self, version: str | None) -> bool:
+        """Is `version`'s life over (committed, rolled back, or unconfirmed and healthy)? Then a pass that
+        finds it live has nothing to do."""
+        v = self.verdict
+        return v is not None and v.version == version and (v.settled or v.step == "unconfirmed")
 
     def refuse(self, version: str, reason: str, stage: str) -> None:
         _put(self.refused, version, Refusal(reason, stage), _KEEP_REFUSED)
@@ -137,7 +176,8 @@ class State:
             "refused": {v: asdict(r) for v, r in self.refused.items()},
             "quarantined": {v: asdict(r) for v, r in self.quarantined.items()},
             "held": sorted(self.held),
-            "versions": {v: {"state": s, "since": t} for v, (s, t) in self.versions.items()},
+            "versions": {v: self._version_doc(v, s, t) for v, (s, t) in self.versions.items()},
+            "verdict": self.verdict.doc() if self.verdict is not None else None,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "last_reload_at": self.last_reload_at,
@@ -148,6 +188,12 @@ class State:
             # peers compare `versions[...].since` with this, so clocks need not agree across pods
             "now": time.time(),
         }
+
+    def _version_doc(self, version: str, state: str, since: float) -> dict[str, Any]:
+        doc: dict[str, Any] = {"state": state, "since": since}
+        if version in self.proofs:
+            doc["proof"] = self.proofs[version]
+        return doc
 
 
 def _put(d: dict[str, T], key: str, value: T, keep: int) -> None:
@@ -174,6 +220,8 @@ def state_doc(state: State) -> dict[str, Any]:
         "last_good": state.last_good,
         "quarantined": {v: asdict(r) for v, r in state.quarantined.items()},
         "restart": state.restart,
+        # what the sidecar knew about the live version: a restart never answers ready on a pending one
+        "verdict": state.verdict.doc() if state.verdict is not None else None,
     }
 
 
@@ -207,6 +255,8 @@ def load_state(target: Path, state: State) -> str | None:
         # Oldest first, the newest 50: a file written before the bound existed shrinks on the next commit.
         newest = sorted(quarantined.items(), key=lambda item: float(item[1].at))[-_KEEP_QUARANTINED:]
         state.last_good, state.quarantined, state.restart = last_good, dict(newest), restart
+        raw = doc.get("verdict")
+        state.verdict = Verdict.from_doc(raw) if raw is not None else None
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, AttributeError) as e:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # aiohttp is imported by HttpTrigger: `once` (an initContaine
     from .state import State
 
 __all__ = [
+    "AppRefused",
     "HttpTrigger",
     "NoTrigger",
     "NotSignalled",
@@ -57,6 +58,10 @@ class NotSignalled(TriggerError):
     it never quarantines the new one for it."""
 
 
+class AppRefused(TriggerError):
+    """The app answered the reload request with a refusal (an HTTP status not expected): final, never retried."""
+
+
 class Trigger(Protocol):
     method: str
 
@@ -75,7 +80,11 @@ class NoTrigger:
 
 
 class HttpTrigger:
-    """HTTP reload with a timeout per attempt, retries with exponential backoff and expected statuses."""
+    """HTTP reload with a timeout per attempt and expected statuses.
+
+    Any answer that is not expected (a 4xx or 5xx) is the app's refusal and final: a retry would apply the
+    refused version again. Only a connection error or a time-out (no answer) is retried, with backoff.
+    """
 
     method = "http"
 
@@ -109,22 +118,24 @@ class HttpTrigger:
                     body = (await resp.content.read(300)).decode("utf-8", "replace").strip()
                     if self.expect.accepts(resp.status):
                         return f"HTTP {resp.status}"
-                    seen.append(f"HTTP {resp.status} {body[:120]!r}".rstrip())
-                    if resp.status in (404, 405, 403):
-                        break  # a wrong URL or a disabled endpoint does not get better with retries
+                    seen.append(f"HTTP {resp.status} {body[:200]!r}".rstrip())
+                    break
             except TimeoutError:
                 seen.append(f"no answer within {self.timeout.total:g} s")
             except aiohttp.ClientError as e:
                 seen.append(f"{type(e).__name__}: {e}")
         hint = ""
-        if any(s.startswith(("HTTP 403", "HTTP 404", "HTTP 405")) for s in seen):
+        if seen[-1].startswith(("HTTP 403", "HTTP 404", "HTTP 405")):
             hint = " (is the reload endpoint enabled? e.g. Prometheus needs --web.enable-lifecycle)"
-        raise TriggerError(f"{self.verb} {self.url} failed after {len(seen)} attempt(s): {_summary(seen)}{hint}")
+        message = f"{self.verb} {self.url} failed after {len(seen)} attempt(s): {_summary(seen)}{hint}"
+        if seen[-1].startswith("HTTP "):
+            raise AppRefused(message)
+        raise TriggerError(message)
 
 
 def _summary(seen: list[str]) -> str:
-    """The attempts in order, each different answer once, a repeated one with its count (`HTTP 500 'x' x4`),
-    as the health check's evidence is: one concise reason however many retries."""
+    """The attempts in order, each different answer once, a repeated one with its count (`no answer within
+    5 s x4`), as the health check's evidence is: one concise reason however many retries."""
     return "; ".join(what if n == 1 else f"{what} x{n}" for what, n in Counter(seen).items())
 
 

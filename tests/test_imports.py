@@ -24,6 +24,7 @@ STAGES = {
     "trigger": 5,
     "triggers": 5,
     "verify": 6,
+    "proof": 6,
     "reloader": 7,
 }
 

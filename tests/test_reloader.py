@@ -31,6 +31,7 @@ from structlog.testing import capture_logs
 
 from sidecar.metrics import Metrics
 from sidecar.promote import DATA, current_version, promote, version_dir
+from sidecar.proof import NoProof
 from sidecar.reloader import Reloader
 from sidecar.settings import Settings
 from sidecar.snapshot import read_snapshot, snapshot_of
@@ -158,8 +159,8 @@ async def test_verify_raising_rolls_back(tmp_path: Path, session: aiohttp.Client
         return Outcome(True, "3 good polls in a row", 3)
 
     rig = _rig(tmp_path, session)
-    rig.reloader.health = HealthCheck("http://127.0.0.1:9/health")
-    rig.reloader.verifier = verifier
+    rig.reloader.judge.health = HealthCheck("http://127.0.0.1:9/health")
+    rig.reloader.judge.verifier = verifier
     good = await _started(rig)
     bad = await rig.apply(BAD)
     _assert_rolled_back(rig, good, bad, "verify", "internal error: RuntimeError: Session is closed")
@@ -181,7 +182,8 @@ async def test_enospc_on_the_state_write_does_not_stop_the_rollback(
         bad = await rig.apply(BAD)
         _assert_rolled_back(rig, good, bad, "reload", "HTTP 500")
         assert rig.metric("reload_sidecar_state_write_failures_total") >= 1
-        assert bad not in json.loads((target / STATE_FILE).read_text())["quarantined"], "the write did fail"
+        # the quarantine write failed; the rollback's own write, after the bad dir's discard made room, did not
+        assert bad in json.loads((target / STATE_FILE).read_text())["quarantined"]
         assert not [p.name for p in target.iterdir() if p.name.startswith("..tmp-")]
 
         (target / FILLER).unlink()
@@ -638,3 +640,29 @@ async def test_shutdown_lets_a_pending_state_write_finish(
     await asyncio.wait_for(worker, 30)
     assert json.loads((rig.target / STATE_FILE).read_text())["last_good"] == fixed
     assert (rig.state.ready, rig.state.phase) == (False, "stopping")
+
+
+async def test_unconfirmed_version_is_live_and_ready_but_never_last_good(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """Proof `none`: a healthy version stays live and ready, but last good stays the proven one, it counts as
+    unconfirmed (not success), a resync does not reload it again, and a restarted sidecar checks it again
+    before it answers ready."""
+    rig = _rig(tmp_path, session)
+    rig.reloader = Reloader(rig.reloader.s, State(pod="t"), Metrics(), rig.app, NoGate(), session, proof=NoProof())
+    good = await _started(rig)
+    fixed = await rig.apply(FIXED)
+    st = rig.state
+    assert (st.current, st.last_good, st.ready) == (fixed, good, True) and rig.app.asked == [fixed]
+    assert st.versions[fixed][0] == "unconfirmed" and st.verdict is not None and st.verdict.step == "unconfirmed"
+    assert rig.metric("reload_sidecar_reloads_total", result="unconfirmed") == 1.0
+    assert rig.metric("reload_sidecar_reloads_total", result="success") == 0.0  # the start-up is no reload
+    await rig.reloader.pass_once()  # a resync
+    assert rig.app.asked == [fixed]
+    await rig.reloader.drain()
+
+    again = Reloader(rig.reloader.s, State(pod="t"), Metrics(), rig.app, NoGate(), session, proof=NoProof())
+    again.recover()
+    assert not again.state.ready and again.state.last_good == good
+    await again.pass_once()
+    assert again.state.ready and again.state.current == fixed and rig.app.asked == [fixed, fixed]

@@ -26,6 +26,7 @@ from sidecar.settings import Settings
 from sidecar.state import State
 from sidecar.trigger import (
     PID_MAX,
+    AppRefused,
     HttpTrigger,
     NoTrigger,
     NotSignalled,
@@ -79,27 +80,30 @@ class FailsEverySecondCall:
 # --- HTTP ------------------------------------------------------------------------------------------------
 
 
-async def test_http_retries_past_a_failure(session: aiohttp.ClientSession) -> None:
-    """Against an endpoint that fails every second call, the trigger retries once and succeeds."""
+async def test_http_500_is_the_apps_refusal_and_never_retried(session: aiohttp.ClientSession) -> None:
+    """A 500 is the app refusing the version: one request per fire (a retry would apply it again), the
+    error is an `AppRefused` with the app's body; the next fire asks once more."""
     handler = FailsEverySecondCall()
     async with serving(handler) as base:
-        trigger = HttpTrigger(session, f"{base}/-/reload", retries=3, backoff_s=0.01)
+        url = f"{base}/-/reload"
+        trigger = HttpTrigger(session, url, retries=3, backoff_s=0.01)
+        with pytest.raises(AppRefused) as exc:
+            await trigger.fire()
+        assert handler.calls == 1
+        assert str(exc.value) == f"POST {url} failed after 1 attempt(s): HTTP 500 'flaky'"
         assert await trigger.fire() == "HTTP 200"
         assert handler.calls == 2
-        assert await trigger.fire() == "HTTP 200"
-        assert handler.calls == 4
 
 
-async def test_http_always_failing_lists_every_attempt(session: aiohttp.ClientSession) -> None:
-    """An endpoint that always answers 500 fails after retries+1 attempts: the answer once, with its count
-    (one concise reason however many retries), as the health check's evidence is."""
+async def test_http_refusal_body_is_in_the_message(session: aiohttp.ClientSession) -> None:
+    """An endpoint that answers 500 is asked once; the message carries the app's own reason."""
     handler = Recorder(500, body="config error: bad yaml")
     async with serving(handler) as base:
         url = f"{base}/-/reload"
-        with pytest.raises(TriggerError) as exc:
+        with pytest.raises(AppRefused) as exc:
             await HttpTrigger(session, url, retries=2, backoff_s=0.01).fire()
-    assert len(handler.calls) == 3
-    assert str(exc.value) == f"POST {url} failed after 3 attempt(s): HTTP 500 'config error: bad yaml' x3"
+    assert len(handler.calls) == 1
+    assert str(exc.value) == f"POST {url} failed after 1 attempt(s): HTTP 500 'config error: bad yaml'"
 
 
 async def test_http_404_is_not_retried_and_hints_at_the_endpoint(session: aiohttp.ClientSession) -> None:
@@ -142,7 +146,7 @@ async def test_http_expect_explicit_codes(session: aiohttp.ClientSession) -> Non
     async with serving(other) as base:
         with pytest.raises(TriggerError, match="HTTP 202"):
             await HttpTrigger(session, base, expect=expect, retries=1, backoff_s=0.01).fire()
-    assert len(other.calls) == 2
+    assert len(other.calls) == 1  # an answer is final
 
 
 async def test_http_uses_the_configured_method(session: aiohttp.ClientSession) -> None:
