@@ -452,6 +452,7 @@ class Reloader:
             log.error("put_back_failed", to=previous, error=str(e))
             return
         state.current, state.files, state.verdict = previous, files, verdict
+        self.judge.live(previous)  # a version dir rebuilt from memory has lost its marker
         self.metrics.set_version(previous)
         self.metrics.reloads.labels("failed").inc()
         self.metrics.last_successful.set(0)
@@ -571,6 +572,7 @@ class Reloader:
             return
         state.current = good
         state.files = self._good_files
+        self.judge.live(good)  # a version dir rebuilt from memory has lost its marker
         self.metrics.set_version(good)
         state.step(good, "rolling_back", reason).rolling_back_from = bad
         problem = await self.judge.reload()
@@ -597,6 +599,8 @@ class Reloader:
         if was_damaged:  # repaired now, by us or by someone else meanwhile
             self._repaired()
         if found.repaired:
+            if self.state.last_good is not None:
+                self.judge.live(self.state.last_good)  # a version dir rebuilt from memory has lost its marker
             await self._persist()  # the state file may have gone with the rest
         return True
 
