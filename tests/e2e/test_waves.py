@@ -112,6 +112,31 @@ def promoted_at(pod: Pod, version: str) -> float | None:
     return None
 
 
+def reached_only_the_canary(pods: list[Pod], good: str, bad: str) -> str:
+    """Wait until `bad`'s canary has rolled it back (quarantined) and every other pod holds it, then check,
+    a bake later, that every pod runs `good` and only the canary ever promoted `bad`; returns the canary."""
+    canary = wave_order(bad, {p.name for p in pods})[0]
+
+    def settled() -> bool:
+        states = {p.name: p.car.status() for p in pods if p.car}
+        return all(bad in st["quarantined"] if name == canary else bad in st["held"] for name, st in states.items())
+
+    wait_for(settled, 60, 0.2, what="canary rolled back and the others held")
+    time.sleep(BAKE_S)  # nothing else moves afterwards
+    for pod in pods:
+        assert pod.car is not None and pod.nginx is not None
+        st = pod.car.status()
+        assert st["current"] == st["last_good"] == good, pod.name
+        assert pod.nginx.get("/") == (200, "v2")
+        touched = [e for e in pod.car.events("promoted") if e["version"] == bad]
+        assert len(touched) == (1 if pod.name == canary else 0), pod.name
+        assert not [e for e in pod.car.events("committed") if e.get("version") == bad], pod.name
+        if pod.name != canary:
+            assert st["versions"][bad]["state"] == "held"
+            assert pod.car.metrics()["reload_sidecar_held_total"] == 1.0
+    return canary
+
+
 @pytest.mark.timeout(150)
 def test_good_version_rolls_out_in_log2_waves_and_bad_one_reaches_one_pod(tmp_path: Path) -> None:
     """8 pods: a good version goes 1, 2, 4, 1 pods per wave, each wave after the previous baked; a version
@@ -137,24 +162,7 @@ def test_good_version_rolls_out_in_log2_waves_and_bad_one_reaches_one_pod(tmp_pa
                 assert start >= earlier_healthy + BAKE_S - 0.05, f"wave {w} ({name}) started before wave {w - 1} baked"
 
         bad = apply(pods, "v3-broken", health_status=500)
-        canary = wave_order(bad, {p.name for p in pods})[0]
-
-        def settled() -> bool:
-            states = {p.name: p.car.status() for p in pods if p.car}
-            return all(bad in st["quarantined"] if name == canary else bad in st["held"] for name, st in states.items())
-
-        wait_for(settled, 60, 0.2, what="canary rolled back and the others held")
-        time.sleep(BAKE_S)  # nothing else moves afterwards
-        for pod in pods:
-            assert pod.car is not None and pod.nginx is not None
-            st = pod.car.status()
-            assert st["current"] == st["last_good"] == good, pod.name
-            assert pod.nginx.get("/") == (200, "v2")
-            touched = [e for e in pod.car.events("promoted") if e["version"] == bad]
-            assert len(touched) == (1 if pod.name == canary else 0), pod.name
-            if pod.name != canary:
-                assert st["versions"][bad]["state"] == "held"
-                assert pod.car.metrics()["reload_sidecar_held_total"] == 1.0
+        reached_only_the_canary(pods, good, bad)
         assert sum(p.car.metrics()["reload_sidecar_rollbacks_total"] for p in pods if p.car) == 1.0
 
         # Settled: no pod reads any other (the tree rounds end with the hold); /peers names the fleet.
