@@ -198,7 +198,8 @@ def pod_state(status: Mapping[str, Any], bake_s: float) -> tuple[str, Any]:
     idle, validating, waiting (for its wave or its delay), updating (promoting, reloading, verifying),
     baking (healthy for less than the bake time on a version it rolled out in waves, not the one it
     started on), held, refused (by validation), rolled_back (the version failed here), rolling_back,
-    degraded, starting.
+    deferred (the app's process not found: retried), unconfirmed (live and healthy, not proven: proof
+    none), degraded, starting.
     """
     phase = status.get("state")
     version, entry = newest_version(status)
@@ -211,8 +212,10 @@ def pod_state(status: Mapping[str, Any], bake_s: float) -> tuple[str, Any]:
         return "held", since
     if kind == "failed":
         return ("rolled_back" if version in (status.get("quarantined") or {}) else "refused"), since
-    if kind in _PENDING:
+    if kind in _PENDING or kind == "deferred":  # deferred: the app's process was not found; retried
         return str(kind), since
+    if kind == "unconfirmed" and version == status.get("current"):  # live, healthy, not proven (proof none)
+        return "unconfirmed", since
     if kind == "healthy" and version == status.get("current"):
         age = _ago(status, since)
         waved = isinstance((status.get("waves") or {}).get(version), dict)
@@ -269,7 +272,7 @@ def in_flight(statuses: Mapping[str, Mapping[str, Any]], bake_s: float) -> list[
     seen_s: dict[str, float] = {}  # version -> seconds since the first pod that has it as its newest saw it
     for st in statuses.values():
         version, entry = newest_version(st)
-        if version is not None and pod_state(st, bake_s)[0] != "idle":
+        if version is not None and pod_state(st, bake_s)[0] not in ("idle", "unconfirmed"):  # settled
             seen_s[version] = max(seen_s.get(version, 0.0), _ago(st, entry.get("since")) or 0.0)
     return sorted(seen_s, key=lambda v: seen_s[v])
 

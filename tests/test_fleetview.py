@@ -115,6 +115,15 @@ def test_each_pods_state_from_its_status() -> None:
     assert pod_state(status("web-0", None, (), phase="starting"), BAKE_S)[0] == "starting"
 
 
+def test_deferred_and_unconfirmed_versions() -> None:
+    """A version put back because the app was not found (`deferred`) is in flight; one live and healthy
+    without proof (`unconfirmed`, proof none) is settled: shown as such, not a version in flight."""
+    deferred = status("web-0", seen=((OLD, "healthy", 600), (NEW, "deferred", 2)))
+    assert pod_state(deferred, BAKE_S)[0] == "deferred" and in_flight({"web-0": deferred}, BAKE_S) == [NEW]
+    unconfirmed = status("web-1", NEW, ((OLD, "healthy", 600), (NEW, "unconfirmed", 5)))
+    assert pod_state(unconfirmed, BAKE_S)[0] == "unconfirmed" and in_flight({"web-1": unconfirmed}, BAKE_S) == []
+
+
 def test_a_rollout_in_waves() -> None:
     """Mid-rollout: rows in rollout order with wave and rank, and one line: 3 of 8, wave 2 of 4, bake left."""
     doc = fleet_doc(read(*mid_rollout()))
