@@ -30,7 +30,7 @@ from pathlib import Path
 import structlog
 
 from .procfs import ProcStat as _Proc
-from .procfs import read_stat
+from .procfs import processes, read_stat
 
 __all__ = ["COOKIE", "LIMITS", "Limits", "StagingError", "program_problem", "remove_tree", "run_command", "stage_files"]
 
@@ -464,11 +464,7 @@ class _Run:
 
 
 def _processes() -> dict[int, _Proc]:
-    out: dict[int, _Proc] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (p := read_stat(int(name))) is not None:
-            out[p.pid] = p
-    return out
+    return {p.pid: p for p in processes()}
 
 
 class _Tracker:

@@ -1,11 +1,13 @@
-"""`/proc/<pid>/stat`, read one way for the checker's process tracking and the trigger's target checks."""
+"""`/proc/<pid>/stat`, read one way for the checker's process tracking, the trigger's target checks and the
+workers proof; the processes of `/proc`, listed one way."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcStat", "read_stat"]
+__all__ = ["ProcStat", "children", "processes", "read_stat"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +29,14 @@ def read_stat(pid: int, proc: str | Path = "/proc") -> ProcStat | None:
         return ProcStat(pid, int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19]), rest[0] in (b"Z", b"X"))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def processes(proc: str | Path = "/proc") -> list[ProcStat]:
+    """The stat of every process in `proc` that could be read; `OSError` when `proc` cannot be listed."""
+    names = (name for name in os.listdir(proc) if name.isascii() and name.isdigit())
+    return [st for name in names if (st := read_stat(int(name), proc)) is not None]
+
+
+def children(ppid: int, proc: str | Path = "/proc") -> list[ProcStat]:
+    """The stat of each process whose parent is `ppid` (zombies included); `OSError` as `processes`."""
+    return [st for st in processes(proc) if st.ppid == ppid]

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
 
-from .procfs import read_stat
+from .procfs import children, read_stat
 from .settings import Settings
 from .trigger import AppRefused, NotSignalled, Trigger, TriggerError, find_processes, read_pidfile
 
@@ -216,11 +216,8 @@ class WorkersProof:
         """(pid, start ticks, title) of each live child of `master`."""
         out = []
         with contextlib.suppress(OSError):
-            for entry in os.scandir(self.proc):
-                if not entry.name.isdigit():
-                    continue
-                st = read_stat(int(entry.name), self.proc)
-                if st is None or st.ppid != master or st.dead:
+            for st in children(master, self.proc):
+                if st.dead:
                     continue
                 try:
                     with open(f"{self.proc}/{st.pid}/cmdline", "rb") as f:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from .procfs import ProcStat, read_stat
+from .procfs import ProcStat, children, read_stat
 from .settings import Expect, Settings
 
 if TYPE_CHECKING:  # aiohttp is imported by HttpTrigger: `once` (an initContainer) and signal triggers run without it
@@ -685,14 +685,14 @@ class RestartTrigger(SignalTrigger):
                 pids = find_processes(self.process, self.proc)
             except TriggerError:
                 return {}
-            stats = [read_stat(pid, self.proc) for pid in pids]
+            stats = [st for pid in pids if (st := read_stat(pid, self.proc)) is not None]
         elif self._identity is not None:
             stats = _children(self._identity[0], self.proc)
         else:
             return {}
         out: dict[int, int] = {}
         for st in stats:
-            if st is None or st.dead or st.start < after or (old is not None and st.pid == old.pid):
+            if st.dead or st.start < after or (old is not None and st.pid == old.pid):
                 continue
             if not self.process:
                 info = _read_proc(st.pid, self.proc)
@@ -730,15 +730,13 @@ def _identity(info: _Proc) -> tuple[int, str]:
     return info.ppid, info.exe.removesuffix(" (deleted)") or f"comm:{info.comm}"
 
 
-def _children(ppid: int, proc: Path) -> list[ProcStat | None]:
+def _children(ppid: int, proc: Path) -> list[ProcStat]:
     """The stat of each process whose parent is `ppid` (not the sidecar or its ancestors)."""
     me = {os.getpid(), *_ancestors(proc)}
     try:
-        entries = [int(e.name) for e in proc.iterdir() if e.name.isascii() and e.name.isdigit()]
+        return [st for st in children(ppid, proc) if st.pid not in me]
     except OSError:
         return []
-    stats = (read_stat(pid, proc) for pid in entries if pid not in me)
-    return [st for st in stats if st is not None and st.ppid == ppid]
 
 
 def _alive(pid: int, start: int, proc: Path) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.metrics import Metrics
+from sidecar.procfs import children
 from sidecar.proof import AppLog, MetricProof, NoProof, TriggerProof, WorkersProof, fire_and_prove, make_proof
 from sidecar.settings import Settings
 from sidecar.state import State, load_state, save_state
@@ -61,14 +62,7 @@ def _master(tmp_path: Path, mode: str) -> Iterator[Path]:
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
+    return [st.pid for st in children(pid)]
 
 
 @pytest.fixture
