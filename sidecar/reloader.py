@@ -104,7 +104,7 @@ class Reloader:
         self._unrecorded = False  # degraded because the first version's commit could not be written
         self._good_files: dict[str, dict[str, object]] = {}  # `state.files` of the last good version
         # Promotion with room made, rollback activation, repair, pruning; holds the last good version's files.
-        self.target = Target(settings, state, metrics)
+        self.target = Target(settings, state, metrics, on_live=self.judge.live)
         self._state_lock = asyncio.Lock()  # one state write at a time, in order
         self._restart_on_record: dict[str, object] | None = None  # `state.restart` as the state file has it
         self._source_version: str | None = None  # what the source showed at the previous pass
@@ -452,7 +452,6 @@ class Reloader:
             log.error("put_back_failed", to=previous, error=str(e))
             return
         state.current, state.files, state.verdict = previous, files, verdict
-        self.judge.live(previous)  # a version dir rebuilt from memory has lost its marker
         self.metrics.set_version(previous)
         self.metrics.reloads.labels("failed").inc()
         self.metrics.last_successful.set(0)
@@ -572,7 +571,6 @@ class Reloader:
             return
         state.current = good
         state.files = self._good_files
-        self.judge.live(good)  # a version dir rebuilt from memory has lost its marker
         self.metrics.set_version(good)
         state.step(good, "rolling_back", reason).rolling_back_from = bad
         problem = await self.judge.reload()
@@ -599,8 +597,6 @@ class Reloader:
         if was_damaged:  # repaired now, by us or by someone else meanwhile
             self._repaired()
         if found.repaired:
-            if self.state.last_good is not None:
-                self.judge.live(self.state.last_good)  # a version dir rebuilt from memory has lost its marker
             await self._persist()  # the state file may have gone with the rest
         return True
 

@@ -46,8 +46,13 @@ class Check:
 class Target:
     """The target dir of `settings`, as `state` describes it."""
 
-    def __init__(self, settings: Settings, state: State, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, state: State, metrics: Metrics, on_live: Callable[[str], None] | None = None
+    ) -> None:
         self.dir, self.state, self.metrics = settings.target_dir, state, metrics
+        # Called with a version made live again (rollback, put-back, repair): the marker proof's files,
+        # which a version dir rebuilt from memory has lost, are written again there.
+        self.on_live = on_live
         # The last good version's files (at most RELOAD_MAX_TOTAL_BYTES): a rollback or a repair can rebuild
         # it even if its dir was deleted and the source has moved on. None after a restart until the source
         # shows it again.
@@ -77,6 +82,8 @@ class Target:
             _promote.fsync_dir(self.dir)
         else:
             _promote.activate(self.dir, good)
+        if self.on_live is not None:
+            self.on_live(good)
 
     def prune(self, keep: int) -> list[str]:
         """Old versions beyond `keep` deleted (never the live or last good one); best effort."""
