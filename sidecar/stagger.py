@@ -423,7 +423,8 @@ class WavesGate:
         self.poll_s = poll_interval_s(bake_s)
         self.published: dict[str, dict[str, Any]] = {}
         self.views: dict[str, WaveView] = {}  # the order each version's last round used (logs, fleet_sim)
-        self._view_of: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # version -> (members, left out)
+        # version -> (members, left out, fleet size with the unnamed addresses): what its view was made for
+        self._view_of: dict[str, tuple[frozenset[str], frozenset[str], int]] = {}
         self.why: dict[str, str] = {}  # version -> why this pod went or held it
         self._mute: dict[str, dict[str, float]] = {}  # version -> pod answering without a document -> since
         self._rollouts: dict[str, tuple[asyncio.Task[None], asyncio.Future[GateAnswer]]] = {}
@@ -522,10 +523,10 @@ class WavesGate:
         size = len(members) + unnamed
         quorate = 2 * (len(left_out) + unnamed) < size
         live = left_out if quorate else frozenset()
-        if self._view_of.get(version) != (members, live):  # unchanged: no re-hashing of the whole fleet
-            if self.forget_s is None:  # derived from the fleet's size: only a membership change changes it
+        if self._view_of.get(version) != (members, live, size):  # unchanged: no re-hashing of the whole fleet
+            if self.forget_s is None:  # derived from the fleet's size (unnamed addresses too), cached with it
                 self.fleet.forget_after_s = default_peer_forget_s(self.bake_s, self.fleet.timeout_s, size)
-            self._view_of[version] = (members, live)
+            self._view_of[version] = (members, live, size)
             self.views[version] = WaveView.of(version, members - live)
         view = self.views[version]
         while len(self.views) > _KEEP_DOCS:
