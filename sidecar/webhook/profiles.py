@@ -73,21 +73,19 @@ def _profile(name: str, body: object, base: Path) -> Profile | list[str]:
         problems.append(
             f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; expected {', '.join(_PROFILE_FIELDS)}"
         )
-    validators = _checked(problems, _validators, body, base)
-    command = _checked(problems, _command, body, base)
-    timeout = _checked(problems, _timeout, body, base)
-    env = _checked(problems, _env_names, body, base)
+    validators = _checked(problems, lambda: _validators(body, base))
+    command = _checked(problems, lambda: _command(body))
+    timeout = _checked(problems, lambda: _timeout(body))
+    env = _checked(problems, lambda: _env_names(body))
     if problems or validators is None or command is None or timeout is None or env is None:
         return problems
     return Profile(name, Checks(validators, command, timeout, env=env))
 
 
-def _checked(
-    problems: list[str], parse: Callable[[dict[object, object], Path], _T], body: dict[object, object], base: Path
-) -> _T | None:
-    """`parse(body, base)`, or None with its problem added to `problems`."""
+def _checked(problems: list[str], parse: Callable[[], _T]) -> _T | None:
+    """`parse()`, or None with its problem added to `problems`."""
     try:
-        return parse(body, base)
+        return parse()
     except ValueError as e:
         problems.append(str(e))
         return None
@@ -105,7 +103,7 @@ def _validators(body: dict[object, object], base: Path) -> tuple[ValidatorSpec, 
         raise ValueError(f"validate: {e}") from None
 
 
-def _command(body: dict[object, object], base: Path) -> tuple[str, ...]:
+def _command(body: dict[object, object]) -> tuple[str, ...]:
     command = body.get("command") or ""
     if not isinstance(command, str):
         raise ValueError(f"command: expected a string such as 'nginx -t -c {{dir}}/nginx.conf', got {command!r}")
@@ -118,14 +116,14 @@ def _command(body: dict[object, object], base: Path) -> tuple[str, ...]:
     return argv
 
 
-def _timeout(body: dict[object, object], base: Path) -> float:
+def _timeout(body: dict[object, object]) -> float:
     timeout = body.get("timeout_s", DEFAULT_TIMEOUT_S)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.1 <= timeout <= MAX_TIMEOUT_S:
         raise ValueError(f"timeout_s: expected seconds in [0.1, {MAX_TIMEOUT_S:g}], got {timeout!r}")
     return float(timeout)
 
 
-def _env_names(body: dict[object, object], base: Path) -> tuple[str, ...]:
+def _env_names(body: dict[object, object]) -> tuple[str, ...]:
     """A profile's `env`: names of the webhook's variables its checker gets (it gets no others)."""
     env = body.get("env") or []
     if not isinstance(env, list) or not all(isinstance(n, str) for n in env):
