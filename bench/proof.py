@@ -38,11 +38,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sidecar.snapshot import read_snapshot  # noqa: E402 - path set above
-from tests.e2e.apps import free_port, nginx_bin, nginx_conf, prometheus_yml, promtool_bin  # noqa: E402
-from tests.e2e.proof_apps import start_nginx_no_dac, start_prometheus_no_dac, unreadable  # noqa: E402
-from tests.e2e.sidecar_proc import Sidecar, wait_for  # noqa: E402
-from tests.kubelet import project  # noqa: E402
+from tests.e2e.apps import free_port, nginx_conf, prometheus_yml, promtool_bin  # noqa: E402
+from tests.e2e.proof_apps import (  # noqa: E402
+    apply,
+    busy_listen,
+    nginx_proof_env,
+    start_nginx_no_dac,
+    start_prometheus_no_dac,
+    unreadable,
+    wait_settled,
+)
+from tests.e2e.sidecar_proc import Sidecar  # noqa: E402
 
 FAST = {"RELOAD_HEALTH_SUCCESSES": "1", "RELOAD_HEALTH_INTERVAL_S": "0.05", "RELOAD_HEALTH_TIMEOUT_S": "10"}
 _MS = re.compile(r"([0-9.]+) ms")
@@ -83,20 +89,6 @@ class DataWatch:
         return spans[0] if spans else None
 
 
-def _settled(car: Sidecar, version: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        st = car.status()
-        end = st["last_good"] == version or version in st["quarantined"]
-        return st if end and st["state"] in ("idle", "degraded") else None
-
-    return dict(wait_for(done, 120, what=f"{version} settled; {car.log_tail()}"))
-
-
-def _apply(volume: Path, name: str, text: str) -> str:
-    project(volume, {name: text})
-    return read_snapshot(volume).version
-
-
 @contextmanager
 def _nginx(work: Path) -> Iterator[tuple[Sidecar, Path, Callable[[str], str], Callable[[], str]]]:
     prefix, volume, target, port = work / "nginx", work / "volume", work / "target", free_port()
@@ -105,24 +97,15 @@ def _nginx(work: Path) -> Iterator[tuple[Sidecar, Path, Callable[[str], str], Ca
     held.bind(("127.0.0.1", 0))
     held.listen(1)
     busy = held.getsockname()[1]
-    env = {
-        "RELOAD_VALIDATE_COMMAND": f"{nginx_bin()} -t -q -c {{dir}}/nginx.conf",
-        "RELOAD_SIGNAL": "SIGHUP",
-        "RELOAD_PIDFILE": str(prefix / "nginx.pid"),
-        "RELOAD_APP_ERROR_LOG": str(prefix / "error.log"),
-        "RELOAD_HEALTH_URL": f"http://127.0.0.1:{port}/health",
-        **FAST,
-    }
+    env = {**nginx_proof_env(prefix, port), **FAST}
 
     def good(body: str) -> str:
         return nginx_conf(port, body, prefix)
 
     def refused() -> str:
-        return good(f"r{time.monotonic()}").replace(
-            f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port};\n        listen 127.0.0.1:{busy};"
-        )
+        return busy_listen(good(f"r{time.monotonic()}"), port, busy)
 
-    _apply(volume, "nginx.conf", good("v0"))
+    apply(volume, "nginx.conf", good("v0"))
     with ExitStack() as stack:
         stack.callback(held.close)
         car = Sidecar(volume, target, work, RELOAD_LOG_LEVEL="info", **env).start()
@@ -157,7 +140,7 @@ def _prometheus(work: Path, how: str) -> Iterator[tuple[Sidecar, Path, Callable[
     def refused() -> str:
         return good(f"r{time.monotonic()}") + f"rule_files:\n  - {str(rules)!r}\n"
 
-    _apply(volume, "prometheus.yml", good("v0"))
+    apply(volume, "prometheus.yml", good("v0"))
     with ExitStack() as stack:
         car = Sidecar(volume, target, work, RELOAD_LOG_LEVEL="info", **env).start()
         stack.callback(car.kill)
@@ -188,14 +171,14 @@ def run(kind: str, good_runs: int, refused_runs: int) -> dict[str, Any]:
             name = "nginx.conf" if kind == "workers" else "prometheus.yml"
             proof: list[float] = []
             for i in range(good_runs):
-                v = _apply(volume, name, good(f"good-{i}"))
-                st = _settled(car, v)
+                v = apply(volume, name, good(f"good-{i}"))
+                st = wait_settled(car, v, f"{v} settled", timeout_s=120)
                 assert st["last_good"] == v, st
                 proof.append(_proof_ms(car, v, kind))
             stayed: list[float] = []
             for _ in range(refused_runs):
-                v = _apply(volume, name, refused())
-                st = _settled(car, v)
+                v = apply(volume, name, refused())
+                st = wait_settled(car, v, f"{v} settled", timeout_s=120)
                 assert v in st["quarantined"], st
                 time.sleep(0.05)  # the watcher sees the swap back
                 live = watch.live_for(v)

@@ -10,18 +10,25 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-from tests.e2e.apps import AppError, _Proc, free_port, http_get, nginx_bin, prometheus_bin
+from sidecar.snapshot import read_snapshot
+from tests.e2e.apps import AppError, _Proc, _which, http_get, nginx_bin, prometheus_bin
+from tests.e2e.sidecar_proc import Sidecar, wait_for
+from tests.kubelet import project
 
 __all__ = [
     "NO_DAC",
     "App",
+    "apply",
+    "busy_listen",
+    "nginx_proof_env",
+    "wait_settled",
     "alertmanager_bin",
     "alertmanager_yml",
     "amtool_bin",
     "haproxy_bin",
     "haproxy_cfg",
-    "metric",
     "start_alertmanager",
     "start_haproxy",
     "start_nginx_no_dac",
@@ -45,16 +52,6 @@ class App(_Proc):
     def write_pidfile(self) -> None:
         self.pidfile.write_text(f"{self.pid}\n")
 
-    def children(self) -> list[int]:
-        out = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.pid:
-                    out.append(int(stat.parent.name))
-            except (OSError, IndexError, ValueError):
-                continue
-        return out
-
 
 def _started(app: App, probe: str) -> App:
     try:
@@ -71,14 +68,6 @@ def unreadable(path: Path, text: str) -> Path:
     os.chown(path, 65534, 65534)
     path.chmod(0o600)
     return path
-
-
-def metric(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) >= 2 and (words[0] == name or words[0].startswith(name + "{")):
-            return float(words[1])
-    return None
 
 
 def start_nginx_no_dac(prefix: Path, conf: Path, port: int) -> App:
@@ -146,10 +135,7 @@ def start_alertmanager(workdir: Path, config: Path, port: int) -> App:
 
 
 def haproxy_bin() -> str:
-    found = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else "")
-    if not found:
-        raise AppError("haproxy not found (Debian package haproxy)")
-    return found
+    return _which("haproxy", "/usr/sbin/haproxy")
 
 
 def haproxy_cfg(port: int, body: str, extra: str = "", errorfile: str = "") -> str:
@@ -180,12 +166,35 @@ def start_haproxy(workdir: Path, config: Path, port: int) -> App:
     return _started(App("haproxy", argv, workdir, f"http://127.0.0.1:{port}", pidfile), "/health")
 
 
-def reserve_port() -> tuple[int, object]:
-    """A port held by a listening socket of this test (a `bind` to it fails with EADDRINUSE)."""
-    import socket
+def apply(volume: Path, name: str, text: str) -> str:
+    """Project one file as the ConfigMap's new version (a kubelet-style swap); returns its version hash."""
+    project(volume, {name: text})
+    return read_snapshot(volume).version
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    port = free_port()
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1)
-    return port, sock
+
+def wait_settled(car: Sidecar, version: str, what: str, timeout_s: float = 60) -> dict[str, Any]:
+    """/status once `version` is committed (last good) or quarantined, and the loop idle again."""
+
+    def done() -> dict[str, Any] | None:
+        st = car.status()
+        end = st["last_good"] == version or version in st["quarantined"]
+        return st if end and st["state"] in ("idle", "degraded") else None
+
+    return dict(wait_for(done, timeout_s, what=f"{what}; log: {car.log_tail(3000)}"))
+
+
+def nginx_proof_env(prefix: Path, port: int) -> dict[str, str]:
+    """The sidecar's settings for nginx under `prefix`: nginx -t, SIGHUP by pidfile, its error log, health."""
+    return {
+        "RELOAD_VALIDATE_COMMAND": f"{nginx_bin()} -t -q -c {{dir}}/nginx.conf",
+        "RELOAD_SIGNAL": "SIGHUP",
+        "RELOAD_PIDFILE": str(prefix / "nginx.pid"),
+        "RELOAD_APP_ERROR_LOG": str(prefix / "error.log"),
+        "RELOAD_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+    }
+
+
+def busy_listen(conf: str, port: int, held: int) -> str:
+    """nginx `conf` (listening on `port`) with a second `listen` on `held`, a port another process holds:
+    `nginx -t` passes it, the running master refuses it."""
+    return conf.replace(f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port};\n        listen 127.0.0.1:{held};")

@@ -19,22 +19,24 @@ from typing import Any
 
 import pytest
 
-from sidecar.snapshot import read_snapshot
-from tests.e2e.apps import free_port, nginx_bin, nginx_conf, prometheus_yml, promtool_bin
+from tests.e2e.apps import free_port, nginx_conf, prometheus_yml, promtool_bin
 from tests.e2e.proof_apps import (
     App,
     alertmanager_yml,
     amtool_bin,
+    apply,
+    busy_listen,
     haproxy_bin,
     haproxy_cfg,
+    nginx_proof_env,
     start_alertmanager,
     start_haproxy,
     start_nginx_no_dac,
     start_prometheus_no_dac,
     unreadable,
+    wait_settled,
 )
 from tests.e2e.sidecar_proc import Sidecar, running, wait_for
-from tests.kubelet import project
 
 FAST_HEALTH = {
     "RELOAD_HEALTH_SUCCESSES": "2",
@@ -42,22 +44,6 @@ FAST_HEALTH = {
     "RELOAD_HEALTH_TIMEOUT_S": "20",
     "RELOAD_RESYNC_S": "0",
 }
-
-
-def apply(volume: Path, name: str, text: str) -> str:
-    project(volume, {name: text})
-    return read_snapshot(volume).version
-
-
-def wait_settled(car: Sidecar, version: str, what: str) -> dict[str, Any]:
-    """/status once `version` is committed (last good) or quarantined, and the loop idle again."""
-
-    def done() -> dict[str, Any] | None:
-        st = car.status()
-        end = st["last_good"] == version or version in st["quarantined"]
-        return st if end and st["state"] in ("idle", "degraded") else None
-
-    return dict(wait_for(done, 60, what=f"{what}; log: {car.log_tail(3000)}"))
 
 
 def assert_refused(car: Sidecar, st: dict[str, Any], good: str, bad: str, *words: str) -> None:
@@ -91,25 +77,12 @@ def good_versions_in_a_row(car: Sidecar, volume: Path, name: str, render: Any, n
 def nginx_pod(tmp_path: Path, port: int) -> Iterator[tuple[Sidecar, App, Path, str]]:
     prefix, volume, target = tmp_path / "nginx", tmp_path / "volume", tmp_path / "target"
     (prefix / "tmp").mkdir(parents=True)
-    env = {
-        "RELOAD_VALIDATE_COMMAND": f"{nginx_bin()} -t -q -c {{dir}}/nginx.conf",
-        "RELOAD_SIGNAL": "SIGHUP",
-        "RELOAD_PIDFILE": str(prefix / "nginx.pid"),
-        "RELOAD_APP_ERROR_LOG": str(prefix / "error.log"),
-        "RELOAD_HEALTH_URL": f"http://127.0.0.1:{port}/health",
-        **FAST_HEALTH,
-    }
+    env = {**nginx_proof_env(prefix, port), **FAST_HEALTH}
     first = apply(volume, "nginx.conf", nginx_conf(port, "v1", prefix))
     with running(volume, target, tmp_path, **env) as car:
         car.wait_current(first)
         with start_nginx_no_dac(prefix, target / "nginx.conf", port) as ngx:
             yield car, ngx, volume, first
-
-
-def _busy_listen(port: int, prefix: Path, held: int) -> str:
-    return nginx_conf(port, "v2", prefix).replace(
-        f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port};\n        listen 127.0.0.1:{held};"
-    )
 
 
 def _unreadable_include(port: int, prefix: Path, secret: Path) -> str:
@@ -127,7 +100,8 @@ def test_nginx_refused_at_reload_is_rolled_back_at_once(tmp_path: Path, case: st
         held.bind(("127.0.0.1", 0))
         held.listen(1)
         if case == "busy-listen":
-            conf, words = _busy_listen(port, prefix, held.getsockname()[1]), ("Address already in use", "bind()")
+            busy = busy_listen(nginx_conf(port, "v2", prefix), port, held.getsockname()[1])
+            conf, words = busy, ("Address already in use", "bind()")
         else:
             secret = unreadable(tmp_path / "secret.conf", "# an include nginx's master may not read\n")
             conf, words = _unreadable_include(port, prefix, secret), ("Permission denied",)
@@ -424,10 +398,7 @@ def test_nginx_version_marker_proves_a_reload_and_catches_a_refusal(tmp_path: Pa
             good = apply(volume, "nginx.conf", _marked(port, "v2", prefix, target))
             st = wait_settled(car, good, "the marked version committed")
             assert st["last_good"] == good and f"shows version {good}" in st["versions"][good]["proof"], st
-            busy = _marked(port, "v3", prefix, target).replace(
-                f"listen 127.0.0.1:{port};",
-                f"listen 127.0.0.1:{port};\n        listen 127.0.0.1:{held.getsockname()[1]};",
-            )
+            busy = busy_listen(_marked(port, "v3", prefix, target), port, held.getsockname()[1])
             bad = apply(volume, "nginx.conf", busy)
             st = wait_settled(car, bad, "the refused version quarantined")
             assert_refused(car, st, good, bad, f"did not show version {bad}")
