@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from .peers import Address, HttpTransport, Transport, _named_addresses
+from .peers import Address, HttpTransport, Transport, _named_addresses, wave_doc, where
 from .settings import Settings
 from .stagger import WaveView, default_peer_timeout_s, wave_of
 
@@ -65,11 +65,6 @@ class FleetRead:
 # ---- reading ---------------------------------------------------------------------------------------
 
 
-def _where(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def own_address(listen: tuple[str, int]) -> Address:
     """Where this pod's sidecar answers: its `RELOAD_LISTEN`, the wildcard read as loopback."""
     host, port = listen
@@ -105,8 +100,8 @@ async def read_fleet(
     found = {a for addresses in resolved for a in addresses or ()} | set(named)
     others = sorted(found - {a for a, name in named.items() if name == me})
     statuses = await asyncio.gather(*(get(a, "/status") for a in others))
-    answers = merge_answers(Answer(me, _where(own), own_status), zip(others, statuses, strict=True), named)
-    return answers, [_where(peer) for peer, addresses in zip(peers, resolved, strict=True) if addresses is None]
+    answers = merge_answers(Answer(me, where(own), own_status), zip(others, statuses, strict=True), named)
+    return answers, [where(peer) for peer, addresses in zip(peers, resolved, strict=True) if addresses is None]
 
 
 class DaemonResolving(HttpTransport):
@@ -156,9 +151,9 @@ def merge_answers(
     for address, status in read:
         name = status.get("pod") if status is not None else None
         if isinstance(name, str):
-            put(Answer(name, _where(address), status))
+            put(Answer(name, where(address), status))
         else:
-            put(Answer(named.get(address, _where(address)), _where(address), None))
+            put(Answer(named.get(address, where(address)), where(address), None))
     return list(by_pod.values())
 
 
@@ -218,7 +213,7 @@ def pod_state(status: Mapping[str, Any], bake_s: float) -> tuple[str, Any]:
         return "unconfirmed", since
     if kind == "healthy" and version == status.get("current"):
         age = _ago(status, since)
-        waved = isinstance((status.get("waves") or {}).get(version), dict)
+        waved = version is not None and wave_doc(status, version) is not None
         return ("baking" if waved and age is not None and age < bake_s else "idle"), since
     if phase == "starting" or version is None:
         return ("starting" if phase == "starting" else "idle"), status.get("started_at")
@@ -281,8 +276,8 @@ def _gone(statuses: Iterable[Mapping[str, Any]], version: str) -> set[str]:
     """Pods the waves documents of `version` report left out of the order."""
     out: set[str] = set()
     for st in statuses:
-        doc = (st.get("waves") or {}).get(version)
-        if isinstance(doc, dict) and isinstance(doc.get("gone"), list):
+        doc = wave_doc(st, version)
+        if doc is not None and isinstance(doc.get("gone"), list):
             out.update(p for p in doc["gone"] if isinstance(p, str))
     return out
 
@@ -292,9 +287,7 @@ def order_of(version: str, pods: Sequence[str], statuses: Mapping[str, Mapping[s
     every known pod and those minus the ones reported left out or silent; None when no document names
     any of these (then no wave or rank is shown rather than a guess)."""
     keys = Counter(
-        doc["view"]
-        for st in statuses.values()
-        if isinstance(doc := (st.get("waves") or {}).get(version), dict) and doc.get("view")
+        doc["view"] for st in statuses.values() if (doc := wave_doc(st, version)) is not None and doc.get("view")
     )
     if not keys:
         return None
@@ -319,8 +312,8 @@ def _failed(version: str, statuses: Mapping[str, Mapping[str, Any]]) -> str | No
 def _held(version: str, statuses: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Why the fleet holds `version` (a waves document's hold, or the pods holding it), None if nobody does."""
     for st in statuses.values():
-        doc = (st.get("waves") or {}).get(version)
-        if isinstance(doc, dict) and doc.get("hold"):
+        doc = wave_doc(st, version)
+        if doc is not None and doc.get("hold"):
             return str(doc["hold"])
     holding = sorted((pod for pod, st in statuses.items() if version in (st.get("held") or ())), key=_natural)
     return f"held by {', '.join(holding)}" if holding else None

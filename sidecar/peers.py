@@ -34,12 +34,25 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
-__all__ = ["NAMES_FILE", "Address", "Fleet", "HttpTransport", "PeerView", "Transport"]
+__all__ = ["NAMES_FILE", "Address", "Fleet", "HttpTransport", "PeerView", "Transport", "wave_doc", "where"]
 
 log = structlog.get_logger("peers")
 
 Address = tuple[str, int]
 NAMES_FILE = "..reload-sidecar-peers.json"  # in the target dir: the peers' names, for the next life
+
+
+def where(address: Address) -> str:
+    """`host:port`, an IPv6 host in brackets."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def wave_doc(status: Mapping[str, Any], version: str) -> dict[str, Any] | None:
+    """A `/status` document's waves document for `version` (stagger.py publishes it), if any."""
+    docs = status.get("waves")
+    doc = docs.get(version) if isinstance(docs, dict) else None
+    return doc if isinstance(doc, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +89,7 @@ class PeerView:
 
     def wave_doc(self, version: str) -> dict[str, Any] | None:
         """The peer's waves document for `version` (stagger.py publishes it), if any."""
-        docs = self.status.get("waves")
-        doc = docs.get(version) if isinstance(docs, dict) else None
-        return doc if isinstance(doc, dict) else None
+        return wave_doc(self.status, version)
 
     def local_time(self, t: Any) -> float | None:
         """A time the peer wrote by its own clock, as our clock reads it (clocks need not agree across pods)."""
@@ -109,8 +120,7 @@ class HttpTransport:
         return [(str(info[4][0]), port) for info in infos]
 
     async def get(self, address: Address, path: str, timeout_s: float) -> dict[str, Any] | None:
-        host, port = address
-        url = f"http://[{host}]:{port}{path}" if ":" in host else f"http://{host}:{port}{path}"
+        url = f"http://{where(address)}{path}"
         try:
             async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 if resp.status != 200:
@@ -194,8 +204,7 @@ class Fleet:
             try:
                 listed.update(await self.transport.resolve(host, port))
             except OSError as e:
-                peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                log.warning("peer_unresolvable", peer=peer, error=str(e))
+                log.warning("peer_unresolvable", peer=where((host, port)), error=str(e))
         if listed != self._listed:
             self._listed = frozenset(listed)
         return self._listed
