@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.containers.engine import Podman, engine_env, ensure_images
+from tests.root import needs_root
 
 # The one allowed skip (README, "Set-up"): without podman there is nothing to run the images with.
 NO_PODMAN = "podman is not installed: the container tests build and run the images with it (README, 'Set-up')"
@@ -18,8 +19,7 @@ NO_PODMAN = "podman is not installed: the container tests build and run the imag
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     if shutil.which("podman") is None:
         pytest.skip(NO_PODMAN)
-    if os.geteuid() != 0:
-        raise PermissionError("the container tests need root: debootstrap, tmpfs volumes, pod network namespaces")
+    needs_root("the container tests: debootstrap, tmpfs volumes, pod network namespaces")
     env = dict(os.environ)
     own = "CONTAINERS_STORAGE_CONF" not in env  # .ci/run passes the storage it built the images in
     if own:

@@ -16,6 +16,7 @@ from sidecar.snapshot import read_snapshot
 from tests.e2e.apps import AppError, _Proc, _which, http_get, nginx_bin, prometheus_bin
 from tests.e2e.sidecar_proc import Sidecar, wait_for
 from tests.kubelet import project
+from tests.root import needs_root
 
 __all__ = [
     "NO_DAC",
@@ -43,6 +44,7 @@ class App(_Proc):
     """A started app with the URL it answers on and the pidfile the sidecar finds it by."""
 
     def __init__(self, name: str, argv: list[str], workdir: Path, url: str, pidfile: Path) -> None:
+        needs_root("the app runs without CAP_DAC_OVERRIDE: setpriv drops it from the bounding set")
         self.name, self.url, self.pidfile = name, url, pidfile
         super().__init__(argv, workdir / f"{name}.out", workdir)
 
@@ -64,6 +66,7 @@ def _started(app: App, probe: str) -> App:
 
 def unreadable(path: Path, text: str) -> Path:
     """`text` in `path`, owned by nobody, mode 0600: readable by root with CAP_DAC_OVERRIDE only."""
+    needs_root("a file only root can read: chown to nobody")
     path.write_text(text)
     os.chown(path, 65534, 65534)
     path.chmod(0o600)
