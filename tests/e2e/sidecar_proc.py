@@ -133,6 +133,16 @@ class Sidecar(SidecarProcess):
             )
         return self
 
+    def again(self) -> Sidecar:
+        """The same sidecar for a new life (after `kill`): same dirs and settings, a port of its own; not
+        started (a pod's loopback sidecar: not for one in a network namespace)."""
+        assert not self.netns, "again() is for loopback sidecars"
+        own = ("RELOAD_SOURCE_DIR", "RELOAD_TARGET_DIR", "RELOAD_LISTEN")
+        return Sidecar(self.source, self.target, self.workdir, **{k: v for k, v in self.env.items() if k not in own})
+
+    def readyz(self) -> int:
+        return http_get(self.url + "/readyz")[0]
+
     def status(self) -> dict[str, Any]:
         code, body = http_get(self.url + "/status")
         assert code == 200, body

@@ -23,9 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.apps import NginxProc, free_port, http_get, nginx_conf, start_nginx
+from tests.e2e.apps import NginxProc, free_port, nginx_conf, start_nginx
 from tests.e2e.receiver import reader, serving
-from tests.e2e.sidecar_proc import Sidecar, live_files, running, wait_for
+from tests.e2e.sidecar_proc import live_files, running, wait_for
 from tests.kubelet import project
 from tests.tmpfs import FILLER, fill, free_bytes, tmpfs
 
@@ -38,10 +38,6 @@ def _app_script(target: Path) -> object:
     """The loopback app: a reload of a version whose app.yaml says "bad" answers 500, any other 200."""
     read = reader(target / "app.yaml")
     return lambda method, path, n: (500, "bad config\n") if method == "POST" and "bad" in read() else (200, "ok\n")
-
-
-def _readyz(car: Sidecar) -> int:
-    return http_get(car.url + "/readyz")[0]
 
 
 def _partials(target: Path) -> list[str]:
@@ -79,7 +75,7 @@ def test_enospc_while_a_bad_version_fails_still_rolls_back(tmp_path: Path) -> No
                 )
                 [bad] = st["quarantined"]
                 assert app.loaded == [BAD["app.yaml"].decode(), GOOD["app.yaml"].decode()], app.loaded
-                assert st["current"] == st["last_good"] == good and st["ready"] and _readyz(car) == 200
+                assert st["current"] == st["last_good"] == good and st["ready"] and car.readyz() == 200
                 assert live_files(target) == GOOD
                 [write_failed, *_] = car.events("state_write_failed")
                 assert "No space left" in write_failed["error"]
@@ -94,7 +90,7 @@ def test_enospc_while_a_bad_version_fails_still_rolls_back(tmp_path: Path) -> No
                     15,
                     what="the quarantine written at a resync once there is room",
                 )
-                assert app.count("POST") == 2 and _readyz(car) == 200
+                assert app.count("POST") == 2 and car.readyz() == 200
 
 
 def test_a_run_of_bad_versions_never_wedges_a_target_sized_by_the_formula(tmp_path: Path) -> None:
@@ -169,7 +165,7 @@ def test_deleted_data_and_wiped_target_are_repaired_by_a_resync(tmp_path: Path) 
             "..data is missing",
         ]
         st = car.status()
-        assert st["current"] == good and st["ready"] and _readyz(car) == 200
+        assert st["current"] == good and st["ready"] and car.readyz() == 200
         assert not car.events("promoted")[1:], "a repair is not a new promotion"
 
 
@@ -224,7 +220,7 @@ def test_a_redirected_link_and_a_data_dir_are_repaired_and_nginx_reads_the_good_
             assert car.metrics()["reload_sidecar_target_repairs_total"] == 2
             assert not [p.name for p in target.iterdir() if p.name.startswith("..del-")]
             st = car.status()
-            assert st["current"] == st["last_good"] == good and st["ready"] and _readyz(car) == 200
+            assert st["current"] == st["last_good"] == good and st["ready"] and car.readyz() == 200
 
 
 def test_once_on_a_full_target_exits_1_without_traceback_or_leftovers(tmp_path: Path) -> None:

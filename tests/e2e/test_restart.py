@@ -212,13 +212,13 @@ def test_sigkill_of_the_sidecar_mid_restart_leaves_a_whole_version(tmp_path: Pat
     else:
         wait_for(lambda: not pod.sup.running(), 30, what="the old process gone")
     pod.car.kill()
-    env = {k: v for k, v in pod.car.env.items() if k not in ("RELOAD_SOURCE_DIR", "RELOAD_TARGET_DIR", "RELOAD_LISTEN")}
+    again = pod.car.again()
     if when == "new_pid":  # the new sidecar comes up while the app is still down
-        pod.car = Sidecar(pod.volume, pod.target, tmp_path, **env).start()  # a new log: its events only
+        pod.car = again.start()  # a new log: its events only
     pod.serving("two")  # the app reads the version ..data shows when it starts: whole, the new one
     assert live_files(pod.target) == {"app.conf": conf("two")["app.conf"].encode()}
     if when == "grace":
-        pod.car = Sidecar(pod.volume, pod.target, tmp_path, **env).start()
+        pod.car = again.start()
     st = pod.settled()
     assert st["ready"] and pod.body() == "two" and pod.sup.starts == 2 and pod.sup.running()
     assert pod.restarts() in (["app_restart_skipped"], ["app_not_running", "app_restarted"]), pod.restarts()

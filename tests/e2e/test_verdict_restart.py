@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.receiver import reader, serving
-from tests.e2e.sidecar_proc import Sidecar, http_get, wait_for
+from tests.e2e.sidecar_proc import Sidecar, wait_for
 from tests.e2e.test_restart import conf, start_pod
 from tests.kubelet import project
 
@@ -20,12 +20,7 @@ from tests.kubelet import project
 def _restarted(car: Sidecar) -> Sidecar:
     """The same sidecar started again after a SIGKILL: same dirs and settings, a new life."""
     car.kill()
-    keep = {k: v for k, v in car.env.items() if k not in ("RELOAD_SOURCE_DIR", "RELOAD_TARGET_DIR", "RELOAD_LISTEN")}
-    return Sidecar(car.source, car.target, car.workdir, **keep).start()
-
-
-def _readyz(car: Sidecar) -> int:
-    return http_get(car.url + "/readyz")[0]
+    return car.again().start()
 
 
 class Wedged:
@@ -70,17 +65,17 @@ def test_restart_while_degraded_is_not_ready_until_the_app_is_healthy_again(tmp_
             assert st["current"] == st["last_good"] == good and "still not healthy" in st["ready_reason"], st
             car = _restarted(car)
             wait_for(lambda: car.events("recovered"), 10, what="the new life's recovery")
-            assert _readyz(car) == 503, "ready on a version it has not seen healthy"
+            assert car.readyz() == 503, "ready on a version it has not seen healthy"
             # and through several re-checks: never ready while the app is wedged
             posts = rx.count("POST")
             wait_for(lambda: rx.count("POST") >= posts + 2, 30, what="two re-checks after the restart")
             st = car.status()
-            assert _readyz(car) == 503 and not st["ready"] and st["current"] == good, st
+            assert car.readyz() == 503 and not st["ready"] and st["current"] == good, st
             assert car.metrics()["reload_sidecar_ready"] == 0.0
             assert "proven healthy again" in st["ready_reason"] or "not healthy" in st["ready_reason"], st
 
             app.heal()
-            wait_for(lambda: _readyz(car) == 200, 30, what=f"ready once the app is healthy; {car.log_tail()}")
+            wait_for(lambda: car.readyz() == 200, 30, what=f"ready once the app is healthy; {car.log_tail()}")
             assert car.status()["verdict"]["step"] == "committed"
         finally:
             car.kill()
@@ -102,7 +97,7 @@ def test_restart_during_a_rollback_restart_finishes_the_rollback(tmp_path: Path)
         seen: list[tuple[int, str]] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            ready = _readyz(car)
+            ready = car.readyz()
             try:
                 body = pod.body()
             except OSError:  # the app between two lives
