@@ -82,7 +82,6 @@ def start_nginx_no_dac(prefix: Path, conf: Path, port: int) -> App:
 def start_prometheus_no_dac(workdir: Path, config: Path, port: int) -> App:
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
-        *NO_DAC,
         prometheus_bin(),
         f"--config.file={config}",
         f"--web.listen-address=127.0.0.1:{port}",
@@ -92,7 +91,14 @@ def start_prometheus_no_dac(workdir: Path, config: Path, port: int) -> App:
         f"--web.console.templates={workdir}/consoles",
         f"--web.console.libraries={workdir}/console_libraries",
     ]
-    app = _started(App("prometheus", argv, workdir, f"http://127.0.0.1:{port}", workdir / "prometheus.pid"), "/-/ready")
+    return _prometheus_family("prometheus", argv, workdir, port)
+
+
+def _prometheus_family(name: str, argv: list[str], workdir: Path, port: int) -> App:
+    """Prometheus or Alertmanager, without CAP_DAC_OVERRIDE: ready at /-/ready; it writes no pidfile, so
+    the test writes one for the sidecar to find it by."""
+    app = App(name, [*NO_DAC, *argv], workdir, f"http://127.0.0.1:{port}", workdir / f"{name}.pid")
+    _started(app, "/-/ready")
     app.write_pidfile()
     return app
 
@@ -125,16 +131,13 @@ receivers:
 def start_alertmanager(workdir: Path, config: Path, port: int) -> App:
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
-        *NO_DAC,
         alertmanager_bin(),
         f"--config.file={config}",
         f"--web.listen-address=127.0.0.1:{port}",
         f"--storage.path={workdir}/data",
         "--cluster.listen-address=",
     ]
-    app = _started(App("alertmanager", argv, workdir, f"http://127.0.0.1:{port}", workdir / "am.pid"), "/-/ready")
-    app.write_pidfile()
-    return app
+    return _prometheus_family("alertmanager", argv, workdir, port)
 
 
 def haproxy_bin() -> str:

@@ -308,7 +308,7 @@ def alertmanager_pod(tmp_path: Path, port: int, how: str) -> Iterator[tuple[Side
     trigger = (
         {
             "RELOAD_SIGNAL": "SIGHUP",
-            "RELOAD_PIDFILE": str(workdir / "am.pid"),
+            "RELOAD_PIDFILE": str(workdir / "alertmanager.pid"),
             "RELOAD_PROOF_METRIC": "alertmanager_config",
         }
         if how == "signal"
